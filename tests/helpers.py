@@ -1,0 +1,48 @@
+"""Shared test helpers: bounded polling instead of sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+async def eventually(
+    cond: Callable[[], Any | Awaitable[Any]],
+    timeout_s: float = 10.0,
+    interval_s: float = 0.02,
+    message: str = "condition",
+) -> Any:
+    """Poll ``cond`` until it returns a truthy value, bounded by ``timeout_s``.
+
+    ``cond`` may be sync or async; its last truthy result is returned so tests can assert on it.
+    """
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while True:
+        result = cond()
+        if inspect.isawaitable(result):
+            result = await result
+        last = result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not met within {timeout_s}s (last: {last!r})")
+        await asyncio.sleep(interval_s)
+
+
+def wait_until(
+    cond: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.02, message: str = "condition"
+) -> Any:
+    """Blocking twin of :func:`eventually` for code that runs in a thread (pyodm is sync)."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while True:
+        last = cond()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not met within {timeout_s}s (last: {last!r})")
+        time.sleep(interval_s)
