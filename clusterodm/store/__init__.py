@@ -1,0 +1,1 @@
+"""State storage: the Store protocol and its backends, staging on disk, legacy import."""
