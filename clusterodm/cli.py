@@ -1,0 +1,138 @@
+"""Command line: the original's flags (same names and defaults) plus ``--data-dir``.
+
+Builds one ``Settings`` from defaults < ``--config`` JSON < flags, then hands it to ``app.run``.
+No logic beyond parsing lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from clusterodm import __version__
+from clusterodm.config import LOG_LEVELS, ConfigError, Settings
+
+# flag (as in the original) -> (Settings field, converter)
+_KEYS: dict[str, tuple[str, Any]] = {
+    "port": ("port", int),
+    "bind": ("bind", str),
+    "secure-port": ("secure_port", int),
+    "admin-cli-port": ("admin_cli_port", int),
+    "admin-web-port": ("admin_web_port", int),
+    "admin-pass": ("admin_pass", str),
+    "log-level": ("log_level", str),
+    "cloud-provider": ("cloud_provider", str),
+    "token": ("token", str),
+    "upload-max-speed": ("upload_max_speed", int),
+    "downloads-from-s3": ("downloads_from_s3", str),
+    "no-splitmerge": ("no_splitmerge", bool),
+    "public-address": ("public_address", str),
+    "flood-limit": ("flood_limit", int),
+    "stale-uploads-timeout": ("stale_uploads_timeout_h", float),
+    "ssl-key": ("ssl_key", str),
+    "ssl-cert": ("ssl_cert", str),
+    "asr": ("asr", str),
+    "debug": ("debug", bool),
+    "data-dir": ("data_dir", Path),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="clusterodm",
+        description="A NodeODM-API load balancer and task tracker: one address in front of "
+        "many processing nodes.",
+    )
+    a = p.add_argument
+    S = argparse.SUPPRESS
+    a("--config", metavar="FILE", help="JSON file with any of these options (same names)")
+    a("-p", "--port", type=int, default=S, help="proxy port (default 3000)")
+    a("--bind", default=S, help="address to listen on (default 0.0.0.0, all interfaces)")
+    a("--secure-port", type=int, default=S, help="HTTPS port when --ssl-key/--ssl-cert are set")
+    a("--admin-cli-port", type=int, default=S, help="admin CLI (telnet) port, 0 = off (8080)")
+    a("--admin-web-port", type=int, default=S, help="admin web port, 0 = off (default 10000)")
+    a("--admin-pass", default=S, help="password for the admin CLI and web page")
+    a("--log-level", choices=LOG_LEVELS, default=S, help="logging level (default info)")
+    a("-c", "--cloud-provider", default=S, help="access provider: local | lightning")
+    a("--token", default=S, help="token clients must pass (?token=) with the local provider")
+    a("--upload-max-speed", type=int, default=S, help="cap on upload speed to nodes, bytes/s")
+    a("--downloads-from-s3", default=S, metavar="URL", help="serve downloads from this S3 URL")
+    a("--no-splitmerge", action="store_true", default=S, help="refuse split-merge tasks")
+    a("--public-address", default=S, metavar="URL", help="this cluster's public http(s) URL")
+    a("--flood-limit", type=int, default=S, help="max outstanding task inits per token")
+    a(
+        "--stale-uploads-timeout",
+        type=float,
+        default=S,
+        metavar="HOURS",
+        help="delete uncommitted uploads idle this long (default: only after 48 h)",
+    )
+    a("--ssl-key", default=S, help="TLS private key file")
+    a("--ssl-cert", default=S, help="TLS certificate file")
+    a("--asr", default=S, metavar="FILE", help="autoscaler configuration (JSON)")
+    a("--debug", action="store_true", default=S, help="disable caches")
+    a("--data-dir", default=S, help="where state and staged uploads live (default ./data)")
+    a("--version", action="version", version=f"ClusterODM {__version__}")
+    return p
+
+
+def _convert(key: str, value: Any) -> Any:
+    name, conv = _KEYS[key]
+    if value is None:
+        return name, None
+    if conv is bool:
+        if isinstance(value, str):
+            return name, value.lower() in ("1", "true", "yes", "on")
+        return name, bool(value)
+    try:
+        return name, conv(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: {value!r} is not a valid value") from e
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a ``--config`` JSON file; keys as the flags, with dashes (underscores accepted)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config: {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must hold a JSON object")
+    out: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("_", "-")
+        if key not in _KEYS:
+            raise ConfigError(f"--config: unknown key {raw_key!r} in {path}")
+        name, converted = _convert(key, value)
+        out[name] = converted
+    return out
+
+
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    """Flags and config file -> validated Settings (raises ConfigError)."""
+    ns = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    config_path = ns.pop("config", None)
+    if config_path:
+        values.update(load_config_file(config_path))
+    for dest, value in ns.items():
+        key = dest.replace("_", "-")
+        name, converted = _convert(key, value)
+        values[name] = converted
+    return Settings(**values).validate()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        settings = parse_settings(argv)
+    except ConfigError as e:
+        print(f"clusterodm: {e.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    from clusterodm.app import run
+
+    run(settings)

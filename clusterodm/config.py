@@ -1,0 +1,110 @@
+"""Settings: every knob of the cluster, defaults in one place, validated once.
+
+Built by ``cli.py`` from defaults < ``--config`` JSON < flags. Components get their own slice.
+Imports only ``errors``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clusterodm.errors import InvalidRequest
+
+LOG_LEVELS = ("error", "warn", "info", "verbose", "debug", "silly")
+
+
+class ConfigError(InvalidRequest):
+    """A setting is wrong; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Outbound call limits, in seconds, by kind of call."""
+
+    info_s: float = 10.0  # health refresh of /info (original: 10 s)
+    api_s: float = 30.0  # small JSON calls forwarded to a node
+    connect_s: float = 10.0  # connecting to a node for any call
+    stream_read_s: float = 300.0  # idle read on streamed downloads/uploads (no total)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    """How a committed task is forwarded to a node."""
+
+    parallel_uploads: int = 20  # original: up to 20 parallel upload requests
+    upload_retries: int = 5  # per file
+    attempts: int = 5  # whole dispatch attempts, switching node when possible
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """All settings of one cluster process."""
+
+    port: int = 3000
+    bind: str = "0.0.0.0"
+    secure_port: int | None = None
+    admin_cli_port: int = 8080
+    admin_web_port: int = 10000
+    admin_pass: str = ""
+    log_level: str = "info"
+    cloud_provider: str = "local"
+    token: str = ""
+    upload_max_speed: int | None = None  # bytes/s towards nodes, all uploads together
+    downloads_from_s3: str = ""
+    no_splitmerge: bool = False
+    public_address: str = ""
+    flood_limit: int | None = None
+    stale_uploads_timeout_h: float = 0.0  # 0 = only the 48 h rule
+    ssl_key: str = ""
+    ssl_cert: str = ""
+    asr: str = ""
+    debug: bool = False
+    data_dir: Path = Path("data")
+    refresh_interval_s: float = 60.0  # original: every 60 s
+    online_window_s: float = 120.0  # online if last good refresh is younger than this
+    stale_uploads_max_age_s: float = 48 * 3600.0
+    options_cache_s: float = 3600.0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+
+    def validate(self) -> Settings:
+        """Check cross-field rules; raise ConfigError naming the key."""
+        for name in ("port", "admin_cli_port", "admin_web_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise ConfigError(f"{_flag(name)}: {value} is not a port number")
+        if self.secure_port is not None and not 0 <= self.secure_port <= 65535:
+            raise ConfigError(f"--secure-port: {self.secure_port} is not a port number")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"--log-level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+            )
+        if bool(self.ssl_key) != bool(self.ssl_cert):
+            raise ConfigError("--ssl-key and --ssl-cert must be given together")
+        if self.secure_port and not self.ssl_key:
+            raise ConfigError("--secure-port needs --ssl-key and --ssl-cert")
+        if self.upload_max_speed is not None and self.upload_max_speed <= 0:
+            raise ConfigError("--upload-max-speed must be a positive number of bytes per second")
+        if self.flood_limit is not None and self.flood_limit < 0:
+            raise ConfigError("--flood-limit must not be negative")
+        if self.cloud_provider not in ("local", "lightning"):
+            raise ConfigError(f"--cloud-provider: unknown provider {self.cloud_provider!r}")
+        if self.public_address and not self.public_address.startswith(("http://", "https://")):
+            raise ConfigError("--public-address must start with http:// or https://")
+        return self
+
+    @property
+    def ssl(self) -> bool:
+        return bool(self.ssl_key and self.ssl_cert)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")

@@ -1,0 +1,1 @@
+"""Nodes: typed NodeODM client, registry with online state and slots, health, selection."""

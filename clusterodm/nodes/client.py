@@ -1,0 +1,212 @@
+"""NodeClient: typed calls to one NodeODM-API node over a shared connection pool.
+
+Owns the only ``aiohttp.ClientSession`` used to talk to nodes, so connections are reused across
+every forwarded request. aiohttp's errors are turned into ``NodeError`` here and nowhere else.
+Must not import use cases or the HTTP edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from clusterodm.config import Timeouts
+from clusterodm.errors import NodeError, NodeRejected, NodeUnreachable
+from clusterodm.model import Node, NodeInfo
+
+log = logging.getLogger(__name__)
+
+UPLOAD_CHUNK = 256 * 1024
+
+
+class NodeClient:
+    """NodeODM calls with their own time limits; one instance per process."""
+
+    def __init__(self, timeouts: Timeouts | None = None, rate_limiter: Any = None) -> None:
+        self.timeouts = timeouts or Timeouts()
+        self._session: aiohttp.ClientSession | None = None
+        self.rate_limiter = rate_limiter
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("NodeClient used before start()")
+        return self._session
+
+    @staticmethod
+    def url(node: Node, path: str, query: Mapping[str, str] | None = None) -> URL:
+        """The node's URL for ``path``, the client's token swapped for the node token."""
+        params = {k: v for k, v in (query or {}).items() if k != "token"}
+        if node.token:
+            params["token"] = node.token
+        return URL(node.base_url + path).with_query(params)
+
+    def _api_timeout(self, total_s: float | None = None) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=total_s or self.timeouts.api_s, sock_connect=self.timeouts.connect_s
+        )
+
+    async def _json(
+        self,
+        method: str,
+        node: Node,
+        path: str,
+        *,
+        total_s: float | None = None,
+        query: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        try:
+            async with self.session.request(
+                method,
+                self.url(node, path, query),
+                timeout=self._api_timeout(total_s),
+                **kwargs,
+            ) as resp:
+                body = await resp.read()
+                if resp.status == 401:
+                    raise NodeRejected("Unauthorized: wrong node token", node.key)
+                if resp.status >= 400:
+                    raise NodeRejected(f"HTTP {resp.status} from {path}", node.key)
+        except NodeError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise NodeUnreachable(f"{node.key} unreachable: {_describe(e)}", node.key) from e
+        try:
+            data = json.loads(body)
+        except ValueError as e:
+            raise NodeRejected(
+                f"{node.key} answered {path} with something not JSON", node.key
+            ) from e
+        if isinstance(data, dict) and "error" in data and data.get("success") is not True:
+            raise NodeRejected(str(data["error"]), node.key, no_retry=bool(data.get("noRetry")))
+        return data
+
+    async def info(self, node: Node) -> NodeInfo:
+        data = await self._json("GET", node, "/info", total_s=self.timeouts.info_s)
+        try:
+            return NodeInfo.from_json(data)
+        except (TypeError, ValueError) as e:
+            raise NodeRejected(f"{node.key} sent an unusable /info: {e}", node.key) from e
+
+    async def options(self, node: Node) -> list[dict[str, Any]]:
+        data = await self._json("GET", node, "/options")
+        if not isinstance(data, list):
+            raise NodeRejected(f"{node.key} sent an unusable /options", node.key)
+        return data
+
+    async def task_info(self, node: Node, uuid: str) -> dict[str, Any]:
+        data = await self._json("GET", node, f"/task/{uuid}/info")
+        if not isinstance(data, dict):
+            raise NodeRejected(f"{node.key} sent an unusable task info", node.key)
+        return data
+
+    async def init_task(self, node: Node, uuid: str, fields: Mapping[str, str]) -> str:
+        """``/task/new/init`` with ``set-uuid`` so the uuid never changes across nodes."""
+        form = aiohttp.FormData()
+        for key, value in fields.items():
+            form.add_field(key, value)
+        data = await self._json(
+            "POST", node, "/task/new/init", data=form, headers={"set-uuid": uuid}
+        )
+        if not isinstance(data, dict) or data.get("uuid") != uuid:
+            raise NodeRejected(f"{node.key} did not accept uuid {uuid}", node.key)
+        return uuid
+
+    async def upload(self, node: Node, uuid: str, path: Path, name: str | None = None) -> None:
+        """Send one staged file, streamed from disk, in field ``images``."""
+        form = aiohttp.FormData()
+        form.add_field(
+            "images",
+            _file_sender(path, self.rate_limiter),
+            filename=name or path.name,
+            content_type="application/octet-stream",
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeouts.connect_s, sock_read=self.timeouts.stream_read_s
+        )
+        try:
+            async with self.session.post(
+                self.url(node, f"/task/new/upload/{uuid}"), data=form, timeout=timeout
+            ) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise NodeRejected(f"upload answered HTTP {resp.status}", node.key)
+        except NodeError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise NodeUnreachable(f"{node.key} unreachable: {_describe(e)}", node.key) from e
+        try:
+            data = json.loads(body)
+        except ValueError as e:
+            raise NodeRejected("upload answered something not JSON", node.key) from e
+        if not isinstance(data, dict) or data.get("success") is not True:
+            err = data.get("error", "upload refused") if isinstance(data, dict) else "refused"
+            no_retry = isinstance(data, dict) and bool(data.get("noRetry"))
+            raise NodeRejected(str(err), node.key, no_retry=no_retry)
+
+    async def commit(self, node: Node, uuid: str) -> None:
+        data = await self._json("POST", node, f"/task/new/commit/{uuid}")
+        if not isinstance(data, dict) or data.get("uuid") != uuid:
+            raise NodeRejected(f"{node.key} did not commit {uuid}", node.key)
+
+    async def action(
+        self, node: Node, action: str, uuid: str, extra: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """cancel / remove / restart: the node's answer as it is (``success`` or ``error``)."""
+        form = {"uuid": uuid, **(extra or {})}
+        try:
+            async with self.session.post(
+                self.url(node, f"/task/{action}"), data=form, timeout=self._api_timeout()
+            ) as resp:
+                body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise NodeUnreachable(f"{node.key} unreachable: {_describe(e)}", node.key) from e
+        try:
+            data = json.loads(body)
+        except ValueError as e:
+            raise NodeRejected(f"{node.key} answered {action} with something not JSON") from e
+        if not isinstance(data, dict):
+            raise NodeRejected(f"{node.key} answered {action} with something unusable")
+        return data
+
+
+async def _file_sender(path: Path, limiter: Any = None) -> AsyncIterator[bytes]:
+    """Read a staged file in chunks off the loop; optional shared rate limit."""
+    f = await asyncio.to_thread(path.open, "rb")
+    try:
+        while True:
+            chunk = await asyncio.to_thread(f.read, UPLOAD_CHUNK)
+            if not chunk:
+                break
+            if limiter is not None:
+                await limiter.acquire(len(chunk))
+            yield chunk
+    finally:
+        await asyncio.to_thread(f.close)
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, TimeoutError | asyncio.TimeoutError):
+        return "timed out"
+    return str(e) or type(e).__name__

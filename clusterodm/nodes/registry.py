@@ -1,0 +1,196 @@
+"""NodeRegistry: the node list, its online state, slots and transients.
+
+Owns the in-memory view of nodes (read on every request, so lookups never touch the store) and
+writes every change through to the ``Store``. Online rule as the original: the last successful
+``/info`` is younger than the online window; better than the original, a failed refresh marks
+the node offline at once instead of two minutes later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from clusterodm.errors import InvalidRequest
+from clusterodm.model import Node, NodeInfo, node_key
+from clusterodm.nodes.selection import NodeState, available_slots, best_node
+from clusterodm.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+class NodeRegistry:
+    """Nodes in list order (1-based numbers for the admin), with runtime state."""
+
+    def __init__(
+        self,
+        store: Store,
+        online_window_s: float = 120.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._window_ms = int(online_window_s * 1000)
+        self._clock = clock
+        self._nodes: list[Node] = []
+        self._failed: set[str] = set()
+        self._transients: dict[str, int] = {}
+        self._last_chosen: dict[str, int] = {}
+        self._turn = 0
+        self.listeners: list[Callable[[], Any]] = []
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def load(self) -> None:
+        self._nodes = await self._store.list_nodes()
+
+    # --- reading -------------------------------------------------------------------------
+    def nodes(self) -> list[Node]:
+        return list(self._nodes)
+
+    def get(self, key: str) -> Node | None:
+        for n in self._nodes:
+            if n.key == key:
+                return n
+        return None
+
+    def by_number(self, number: int) -> Node | None:
+        """1-based, in list order, as the admin CLI numbers nodes."""
+        if 1 <= number <= len(self._nodes):
+            return self._nodes[number - 1]
+        return None
+
+    def number_of(self, key: str) -> int:
+        for i, n in enumerate(self._nodes, 1):
+            if n.key == key:
+                return i
+        return 0
+
+    def is_online(self, node: Node) -> bool:
+        if node.key in self._failed or node.info is None:
+            return False
+        return self._now_ms() - node.last_refreshed_ms < self._window_ms
+
+    def transients(self, key: str) -> int:
+        return self._transients.get(key, 0)
+
+    def slots(self, node: Node) -> int:
+        return available_slots(node, self.transients(node.key))
+
+    def states(self) -> list[NodeState]:
+        return [
+            NodeState(n, self.is_online(n), self.slots(n), self._last_chosen.get(n.key, 0))
+            for n in self._nodes
+        ]
+
+    def reference(self) -> Node | None:
+        """The first online node: answers /options and serves the web UI."""
+        for n in self._nodes:
+            if self.is_online(n):
+                return n
+        return None
+
+    def online_nodes(self) -> list[Node]:
+        return [n for n in self._nodes if self.is_online(n)]
+
+    def best(
+        self, images: int, *, require_slot: bool = False, exclude: set[str] | None = None
+    ) -> Node | None:
+        states = [s for s in self.states() if not exclude or s.node.key not in exclude]
+        return best_node(states, images, require_slot=require_slot)
+
+    def choose(self, key: str) -> None:
+        """Remember the node was just chosen (the original's round-robin turn)."""
+        self._turn += 1
+        self._last_chosen[key] = self._turn
+
+    @contextlib.contextmanager
+    def transient(self, key: str) -> Iterator[None]:
+        """Count a task being forwarded to ``key`` against its slots until it lands."""
+        self._transients[key] = self._transients.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._transients.get(key, 1) - 1
+            if left <= 0:
+                self._transients.pop(key, None)
+            else:
+                self._transients[key] = left
+
+    # --- changing ------------------------------------------------------------------------
+    async def add(
+        self,
+        hostname: str,
+        port: int,
+        token: str = "",
+        machine: dict[str, Any] | None = None,
+    ) -> Node:
+        hostname = hostname.strip()
+        if not hostname or any(c in hostname for c in "/?#@ \t"):
+            raise InvalidRequest(f"Invalid hostname: {hostname!r}")
+        if not 1 <= port <= 65535:
+            raise InvalidRequest(f"Invalid port: {port}")
+        if self.get(node_key(hostname, port)) is not None:
+            raise InvalidRequest(f"Node {node_key(hostname, port)} already exists")
+        node = Node(hostname=hostname, port=port, token=token, machine=machine)
+        await self._store.put_node(node)
+        self._nodes.append(node)
+        self._notify()
+        log.info("node added: %s", node.key)
+        return node
+
+    async def remove(self, key: str) -> Node | None:
+        node = self.get(key)
+        if node is None:
+            return None
+        await self._store.delete_node(key)
+        self._nodes = [n for n in self._nodes if n.key != key]
+        self._failed.discard(key)
+        self._notify()
+        log.info("node removed: %s", key)
+        return node
+
+    async def set_locked(self, key: str, locked: bool) -> Node | None:
+        return await self._update(key, locked=locked)
+
+    async def set_machine(self, key: str, machine: dict[str, Any] | None) -> Node | None:
+        return await self._update(key, machine=machine)
+
+    async def record_info(self, key: str, info: NodeInfo) -> Node | None:
+        self._failed.discard(key)
+        return await self._update(key, info=info, last_refreshed_ms=self._now_ms())
+
+    def record_failure(self, key: str) -> None:
+        if key not in self._failed:
+            log.warning("node %s is offline", key)
+        self._failed.add(key)
+        self._notify()
+
+    def bump_queue(self, key: str) -> None:
+        """After sending a task, count it in the node's queue until the next refresh says so."""
+        node = self.get(key)
+        if node is None or node.info is None:
+            return
+        info = dataclasses.replace(node.info, task_queue_count=node.info.task_queue_count + 1)
+        self._replace(dataclasses.replace(node, info=info))
+
+    async def _update(self, key: str, **changes: Any) -> Node | None:
+        node = self.get(key)
+        if node is None:
+            return None
+        updated = dataclasses.replace(node, **changes)
+        await self._store.put_node(updated)
+        self._replace(updated)
+        self._notify()
+        return updated
+
+    def _replace(self, updated: Node) -> None:
+        self._nodes = [updated if n.key == updated.key else n for n in self._nodes]
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            listener()
