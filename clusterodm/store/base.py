@@ -36,6 +36,9 @@ class Store(Protocol):
 
     async def put_route(self, route: Route) -> None: ...
 
+    async def put_routes(self, routes: Iterable[Route]) -> None:
+        """Insert or replace many routes in one atomic step (legacy import, bulk loads)."""
+
     async def delete_route(self, uuid: str) -> None: ...
 
     async def list_routes(self) -> list[Route]:
