@@ -1,0 +1,240 @@
+"""Composition root: builds every part, wires them, starts a site per port, stops in order.
+
+The only module that knows both the edge and the adapters. ``Cluster`` is what production
+(``run``) and the tests (``start_cluster``) both use, so tests exercise the real wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from clusterodm import __version__
+from clusterodm import log as logsetup
+from clusterodm.access.base import AccessProvider
+from clusterodm.access.local import LocalAccess
+from clusterodm.config import Settings
+from clusterodm.nodes.client import NodeClient
+from clusterodm.nodes.health import HealthMonitor
+from clusterodm.nodes.registry import NodeRegistry
+from clusterodm.proxy.deps import DEPS, OptionsCache, ProxyDeps
+from clusterodm.proxy.endpoints import ROUTES
+from clusterodm.proxy.middleware import (
+    add_cors_headers,
+    cors_middleware,
+    errors_middleware,
+    token_middleware,
+)
+from clusterodm.store.base import Store
+from clusterodm.store.legacy import import_legacy
+from clusterodm.store.sqlite import SqliteStore
+from clusterodm.store.staging import Staging
+from clusterodm.tasks.dispatch import Dispatcher
+from clusterodm.tasks.intake import TaskIntake
+from clusterodm.tasks.routes import RouteTable
+from clusterodm.tasks.table import TaskTable
+
+log = logging.getLogger(__name__)
+
+ROUTE_FLUSH_S = 30.0
+SWEEP_EVERY_S = 3600.0
+
+
+def build_access(settings: Settings) -> AccessProvider:
+    return LocalAccess(settings.token)
+
+
+def build_proxy_app(deps: ProxyDeps) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, cors_middleware, token_middleware],
+        client_max_size=1 << 20,
+    )
+    app[DEPS] = deps
+    app.add_routes(ROUTES)
+    app.on_response_prepare.append(add_cors_headers)
+    return app
+
+
+@dataclass
+class Cluster:
+    """A whole running cluster: state, use cases, background loops and listening sites."""
+
+    settings: Settings
+    store: Store
+    deps: ProxyDeps
+    staging: Staging
+    runners: list[web.BaseRunner] = field(default_factory=list)
+    sites: dict[str, web.TCPSite] = field(default_factory=dict)
+    loops: list[asyncio.Task[None]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+
+    @property
+    def registry(self) -> NodeRegistry:
+        return self.deps.registry
+
+    @property
+    def port(self) -> int:
+        return self.sites["proxy"].port
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.settings.ssl and not self.settings.secure_port else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def site_port(self, name: str) -> int | None:
+        site = self.sites.get(name)
+        return site.port if site else None
+
+    async def add_site(
+        self, name: str, app: web.Application, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> web.TCPSite:
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+        await runner.setup()
+        self.runners.append(runner)
+        site = web.TCPSite(runner, self.settings.bind, port, ssl_context=ssl_context)
+        await site.start()
+        self.sites[name] = site
+        return site
+
+    def background(self, coro: Awaitable[None], name: str) -> None:
+        self.loops.append(asyncio.ensure_future(coro))
+        self.loops[-1].set_name(name)
+
+    async def stop(self) -> None:
+        for closer in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                await closer()
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+        for task in self.loops:
+            task.cancel()
+        await asyncio.gather(*self.loops, return_exceptions=True)
+        await self.deps.dispatcher.close()
+        with contextlib.suppress(Exception):
+            await self.deps.routes.flush()
+        await self.deps.client.close()
+        await self.store.close()
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(settings.ssl_cert, settings.ssl_key)
+    return ctx
+
+
+async def _every(interval_s: float, work: Callable[[], Awaitable[Any]], what: str) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await work()
+        except Exception:
+            log.exception("%s failed", what)
+
+
+async def start_cluster(settings: Settings) -> Cluster:
+    """Build and start everything; the caller owns ``stop()``."""
+    data_dir = settings.data_dir
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    store = SqliteStore(data_dir / "clusterodm.db")
+    await store.open()
+    nodes_imported, routes_imported = await import_legacy(data_dir, store)
+    if nodes_imported or routes_imported:
+        log.info("imported %d nodes and %d routes", nodes_imported, routes_imported)
+
+    client = NodeClient(settings.timeouts)
+    await client.start()
+    registry = NodeRegistry(store, settings.online_window_s)
+    await registry.load()
+    routes = RouteTable(store)
+    await routes.load()
+    table = TaskTable(store)
+    await table.load()
+    staging = Staging(data_dir / "uploads")
+    health = HealthMonitor(registry, client, settings.refresh_interval_s)
+    dispatcher = Dispatcher(
+        registry, client, routes, table, staging, settings.dispatch, registry.record_failure
+    )
+    access = build_access(settings)
+    options = OptionsCache(registry, client, 0.0 if settings.debug else settings.options_cache_s)
+    intake = TaskIntake(
+        store,
+        staging,
+        registry,
+        routes,
+        table,
+        access,
+        options.get,
+        dispatcher,
+        splitmerge=not settings.no_splitmerge,
+    )
+    deps = ProxyDeps(
+        settings, registry, client, health, routes, table, intake, dispatcher, access, options
+    )
+    cluster = Cluster(settings, store, deps, staging)
+    registry.listeners.append(lambda: None)
+    try:
+        await health.refresh_all()
+        resumed = await dispatcher.resume()
+        if resumed:
+            log.info("resuming %d unfinished dispatches", resumed)
+        cluster.background(health.run(), "health")
+        cluster.background(_every(ROUTE_FLUSH_S, routes.flush, "route flush"), "route flush")
+        cluster.background(_every(SWEEP_EVERY_S, lambda: sweep(cluster), "sweep"), "sweep")
+        await sweep(cluster)
+
+        proxy_app = build_proxy_app(deps)
+        ctx = _ssl_context(settings) if settings.ssl else None
+        if ctx is not None and settings.secure_port:
+            await cluster.add_site("proxy", proxy_app, settings.port)
+            await cluster.add_site("secure", build_proxy_app(deps), settings.secure_port, ctx)
+        else:
+            await cluster.add_site("proxy", proxy_app, settings.port, ctx)
+        await start_admin(cluster)
+    except BaseException:
+        await cluster.stop()
+        raise
+    log.info("ClusterODM %s listening on port %d", __version__, cluster.port)
+    return cluster
+
+
+async def start_admin(cluster: Cluster) -> None:
+    """Admin CLI and admin web, each on its own port (0 = off)."""
+    return None
+
+
+async def sweep(cluster: Cluster) -> None:
+    """Delete stale staged uploads (original: 48 h always, plus --stale-uploads-timeout)."""
+    s = cluster.settings
+    held = {t.uuid for t in cluster.deps.table.all()}
+    idle = s.stale_uploads_timeout_h * 3600 if s.stale_uploads_timeout_h > 0 else None
+    removed = await cluster.staging.sweep(time.time(), s.stale_uploads_max_age_s, idle, held)
+    for uuid in removed:
+        await cluster.store.delete_upload(uuid)
+
+
+async def serve(settings: Settings) -> None:
+    cluster = await start_cluster(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await cluster.stop()
+
+
+def run(settings: Settings) -> None:
+    logsetup.setup(settings.log_level)
+    asyncio.run(serve(settings))

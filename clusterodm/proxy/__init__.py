@@ -1,0 +1,1 @@
+"""HTTP edge for the NodeODM API."""

@@ -1,0 +1,76 @@
+"""What the proxy's handlers are given, through one typed AppKey (wired by ``app.py``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from clusterodm.access.base import AccessProvider, User
+from clusterodm.config import Settings
+from clusterodm.errors import NoNodeAvailable
+from clusterodm.nodes.client import NodeClient
+from clusterodm.nodes.health import HealthMonitor
+from clusterodm.nodes.registry import NodeRegistry
+from clusterodm.tasks.dispatch import Dispatcher
+from clusterodm.tasks.intake import TaskIntake
+from clusterodm.tasks.options import Option
+from clusterodm.tasks.routes import RouteTable
+from clusterodm.tasks.table import TaskTable
+
+
+@dataclass(slots=True)
+class OptionsCache:
+    """The reference node's ``/options``, cached (1 h by default; ``--debug`` disables it)."""
+
+    registry: NodeRegistry
+    client: NodeClient
+    ttl_s: float
+    _value: list[Option] | None = None
+    _key: str = ""
+    _at: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def get(self) -> list[Option]:
+        ref = self.registry.reference()
+        if ref is None:
+            raise NoNodeAvailable("No nodes are online.")
+        now = time.monotonic()
+        if self._value is not None and self._key == ref.key and now - self._at < self.ttl_s:
+            return self._value
+        self._value = await self.client.options(ref)
+        self._key, self._at = ref.key, now
+        return self._value
+
+    def clear(self) -> None:
+        self._value = None
+
+
+@dataclass(slots=True)
+class ProxyDeps:
+    settings: Settings
+    registry: NodeRegistry
+    client: NodeClient
+    health: HealthMonitor
+    routes: RouteTable
+    table: TaskTable
+    intake: TaskIntake
+    dispatcher: Dispatcher
+    access: AccessProvider
+    options: OptionsCache
+
+
+DEPS = web.AppKey("deps", ProxyDeps)
+USER = "clusterodm.user"
+
+
+def deps(request: web.Request) -> ProxyDeps:
+    return request.app[DEPS]
+
+
+def user_of(request: web.Request) -> User:
+    user = request.get(USER)
+    assert isinstance(user, User), "token middleware did not run"
+    return user

@@ -1,0 +1,80 @@
+"""``/info``, ``/options``, ``/auth/*``, ``/commit``, ``/cache/clear`` and the node's web UI."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from clusterodm import API_VERSION
+from clusterodm.errors import NoNodeAvailable
+from clusterodm.proxy.deps import deps, user_of
+from clusterodm.proxy.forward import forward
+
+log = logging.getLogger(__name__)
+
+HUGE = 2**53 - 1  # what the original reports for the cluster's memory, cores and slots
+
+
+async def info(request: web.Request) -> web.Response:
+    d = deps(request)
+    user = user_of(request)
+    ref = d.registry.reference()
+    engine = ref.info.engine if ref and ref.info else "odm"
+    engine_version = ref.info.engine_version if ref and ref.info else "?"
+    return web.json_response(
+        {
+            "version": API_VERSION,
+            "taskQueueCount": 0,
+            "totalMemory": HUGE,
+            "availableMemory": HUGE,
+            "cpuCores": HUGE,
+            "maxImages": user.limits.max_images,
+            "maxParallelTasks": user.limits.max_concurrent_tasks
+            if user.limits.max_concurrent_tasks is not None
+            else HUGE,
+            "engineVersion": engine_version,
+            "engine": engine,
+        }
+    )
+
+
+async def options(request: web.Request) -> web.Response:
+    d = deps(request)
+    return web.json_response(await d.options.get())
+
+
+async def cache_clear(request: web.Request) -> web.Response:
+    deps(request).options.clear()
+    return web.json_response({"success": True})
+
+
+async def auth_info(request: web.Request) -> web.Response:
+    return web.json_response(deps(request).access.auth_info())
+
+
+async def auth_not_available(request: web.Request) -> web.Response:
+    return web.json_response({"error": "Not available"})
+
+
+async def commit_webhook(request: web.Request) -> web.Response:
+    """Called by a node when a task ends (auto-spawned nodes are started with this webhook)."""
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError:
+        return web.json_response({"error": "Invalid JSON body"})
+    uuid = body.get("uuid") if isinstance(body, dict) else None
+    if not isinstance(uuid, str):
+        return web.json_response({"error": "uuid missing"})
+    log.info("task %s finished on its node (webhook)", uuid)
+    return web.json_response({"ok": True})
+
+
+async def web_ui(request: web.Request) -> web.StreamResponse:
+    """The reference node's own web UI and static files, forwarded as they are."""
+    d = deps(request)
+    ref = d.registry.reference()
+    if ref is None:
+        raise NoNodeAvailable("No nodes are online.")
+    return await forward(request, d.client, ref, request.path)

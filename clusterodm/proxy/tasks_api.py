@@ -1,0 +1,278 @@
+"""``/task/new*``, ``/task/list``, ``/task/<uuid>/*`` and ``/task/cancel|remove|restart``.
+
+Each handler turns HTTP into a call on the intake, the dispatcher or the owning node, and back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import BodyPartReader, MultipartReader, web
+
+from clusterodm.access.base import User
+from clusterodm.errors import InvalidRequest, NodeError, TaskNotFound
+from clusterodm.model import ANY_UUID_RE, Node, TaskEntry, TaskStage, TaskStatus, parse_line
+from clusterodm.proxy.deps import ProxyDeps, deps, user_of
+from clusterodm.proxy.forward import forward
+from clusterodm.tasks.intake import FilePart
+
+MAX_FIELD_BYTES = 1 << 20
+PART_CHUNK = 256 * 1024
+
+
+def cluster_url(request: web.Request) -> str:
+    """This cluster's public URL, for split-merge: ``--public-address`` or the request's host."""
+    configured = deps(request).settings.public_address
+    if configured:
+        return configured.rstrip("/")
+    return f"{request.scheme}://{request.host}"
+
+
+async def _multipart(request: web.Request) -> MultipartReader | None:
+    if not request.content_type.startswith("multipart/"):
+        return None
+    try:
+        return await request.multipart()
+    except (ValueError, AssertionError, KeyError) as e:
+        raise InvalidRequest(f"Malformed multipart body: {e}") from None
+
+
+async def _read_field(part: BodyPartReader) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(PART_CHUNK):
+        data.extend(chunk)
+        if len(data) > MAX_FIELD_BYTES:
+            raise InvalidRequest(f"Field {part.name} is too large")
+    return data.decode("utf-8", errors="replace")
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(PART_CHUNK):
+        yield chunk
+
+
+async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
+    try:
+        part = await reader.next()
+    except (ValueError, AssertionError, aiohttp.ClientPayloadError) as e:
+        raise InvalidRequest(f"Malformed multipart body: {e}") from None
+    if part is None:
+        return None
+    if not isinstance(part, BodyPartReader):
+        raise InvalidRequest("Nested multipart bodies are not supported")
+    return part
+
+
+async def _image_parts(
+    reader: MultipartReader, first: BodyPartReader | None = None
+) -> AsyncIterator[FilePart]:
+    part = first or await _next_part(reader)
+    while part is not None:
+        if part.filename is not None:
+            if part.name != "images":
+                raise InvalidRequest("Unexpected field")
+            yield FilePart(part.filename, _part_chunks(part))
+        else:
+            await part.release()
+        part = await _next_part(reader)
+
+
+async def task_new_init(request: web.Request) -> web.Response:
+    d, user = deps(request), user_of(request)
+    fields: dict[str, str] = {}
+    reader = await _multipart(request)
+    if reader is not None:
+        while (part := await _next_part(reader)) is not None:
+            if part.filename is None and part.name:
+                fields[part.name] = await _read_field(part)
+            else:
+                await part.release()
+    uuid = await d.intake.init(user, fields, request.headers.get("set-uuid"))
+    return web.json_response({"uuid": uuid})
+
+
+async def task_new_upload(request: web.Request) -> web.Response:
+    d, user = deps(request), user_of(request)
+    uuid = request.match_info["uuid"]
+    await d.intake.check_upload(user, uuid)
+    reader = await _multipart(request)
+    if reader is None:
+        raise InvalidRequest("Need at least 1 file.")
+    await d.intake.upload(user, uuid, _image_parts(reader))
+    return web.json_response({"success": True})
+
+
+async def task_new_commit(request: web.Request) -> web.Response:
+    d, user = deps(request), user_of(request)
+    uuid = await d.intake.commit(user, request.match_info["uuid"], cluster_url(request))
+    return web.json_response({"uuid": uuid})
+
+
+async def task_new(request: web.Request) -> web.Response:
+    """Single-request form: fields, then files in ``images``."""
+    d, user = deps(request), user_of(request)
+    reader = await _multipart(request)
+    if reader is None:
+        raise InvalidRequest("Need at least 1 file or a zip file url.")
+    fields: dict[str, str] = {}
+    part = await _next_part(reader)
+    while part is not None and part.filename is None:
+        if part.name:
+            fields[part.name] = await _read_field(part)
+        part = await _next_part(reader)
+    if "zipurl" in fields:
+        raise InvalidRequest("zipurl is not supported by this cluster; upload the images.")
+    if part is None:
+        raise InvalidRequest("Need at least 1 file or a zip file url.")
+    uuid = await d.intake.init(user, fields, request.headers.get("set-uuid"))
+    try:
+        await d.intake.upload(user, uuid, _image_parts(reader, part))
+        await d.intake.commit(user, uuid, cluster_url(request))
+    except BaseException:
+        await d.intake.abandon(uuid)
+        raise
+    return web.json_response({"uuid": uuid})
+
+
+def _visible(d: ProxyDeps, user: User, owner: str) -> bool:
+    return not d.access.per_user or owner == user.owner
+
+
+def locate(request: web.Request, uuid: str, action: str) -> tuple[Node | None, TaskEntry | None]:
+    """The node that owns ``uuid``, or its task-table entry; TaskNotFound otherwise."""
+    d, user = deps(request), user_of(request)
+    missing = TaskNotFound(f"Invalid route for taskId {uuid}:{action}, no task table entry.")
+    if not ANY_UUID_RE.match(uuid):
+        raise missing
+    route = d.routes.get(uuid)
+    if route is not None and _visible(d, user, route.owner):
+        node = d.registry.get(route.node_key)
+        if node is not None:
+            d.routes.touch(uuid)
+            return node, None
+    task = d.table.get(uuid)
+    if task is not None and _visible(d, user, task.owner):
+        return None, task
+    raise missing
+
+
+def _int_query(request: web.Request, key: str) -> int | None:
+    if key not in request.query:
+        return None
+    return parse_line(request.query.get(key))
+
+
+async def task_info(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
+    uuid = request.match_info["uuid"]
+    node, task = locate(request, uuid, "info")
+    if node is not None:
+        return await forward(request, d.client, node, f"/task/{uuid}/info")
+    assert task is not None
+    with_output = _int_query(request, "with_output")
+    return web.json_response(task.info_json(int(time.time() * 1000), with_output))
+
+
+async def task_output(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
+    uuid = request.match_info["uuid"]
+    node, task = locate(request, uuid, "output")
+    if node is not None:
+        return await forward(request, d.client, node, f"/task/{uuid}/output")
+    assert task is not None
+    line = parse_line(request.query.get("line"))
+    return web.json_response(task.info_json(0, line)["output"])
+
+
+async def task_download(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
+    uuid, asset = request.match_info["uuid"], request.match_info["asset"]
+    node, _ = locate(request, uuid, "download")
+    if node is not None:
+        return await forward(request, d.client, node, f"/task/{uuid}/download/{asset}")
+    if asset != "all.zip":
+        raise InvalidRequest("Invalid asset")
+    raise InvalidRequest("Asset not ready")
+
+
+async def task_list(request: web.Request) -> web.Response:
+    """This token's tasks: those the proxy holds, then those on nodes."""
+    d, user = deps(request), user_of(request)
+    seen: list[str] = [t.uuid for t in d.table.all() if _visible(d, user, t.owner)]
+    owner = user.owner if d.access.per_user else None
+    have = set(seen)
+    seen.extend(r.uuid for r in d.routes.for_owner(owner) if r.uuid not in have)
+    return web.json_response([{"uuid": u} for u in seen])
+
+
+async def _form_fields(request: web.Request) -> dict[str, Any]:
+    """cancel/remove/restart bodies: urlencoded, multipart or JSON, as NodeODM reads them."""
+    if request.content_type == "application/json":
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError:
+            raise InvalidRequest("Invalid JSON body") from None
+        return body if isinstance(body, dict) else {}
+    try:
+        form = await request.post()
+    except (ValueError, AssertionError) as e:
+        raise InvalidRequest(f"Malformed body: {e}") from None
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+async def task_action(request: web.Request) -> web.Response:
+    d = deps(request)
+    action = request.match_info["action"]
+    body = await _form_fields(request)
+    uuid = body.get("uuid")
+    if not isinstance(uuid, str) or not uuid:
+        raise InvalidRequest("uuid param missing.")
+    node, task = locate(request, uuid, action)
+    if node is not None:
+        extra: dict[str, str] = {}
+        if action == "restart" and body.get("options") is not None:
+            opts = body["options"]
+            extra["options"] = opts if isinstance(opts, str) else json.dumps(opts)
+        try:
+            answer = await d.client.action(node, action, uuid, extra)
+        except NodeError as e:
+            if isinstance(e, NodeError):
+                d.registry.record_failure(node.key)
+            raise
+        if action == "remove" and answer.get("success") is True:
+            await d.routes.delete(uuid)
+        return web.json_response(answer)
+    assert task is not None
+    return web.json_response(await _table_action(d, action, task))
+
+
+async def _table_action(d: ProxyDeps, action: str, task: TaskEntry) -> dict[str, Any]:
+    """cancel/remove/restart of a task the proxy still holds."""
+    if action == "cancel":
+        await d.dispatcher.cancel(task.uuid)
+        if not task.status.is_final:
+            await d.table.update(task.uuid, status=TaskStatus.CANCELED, stage=TaskStage.FAILED)
+        return {"success": True}
+    if action == "remove":
+        await d.dispatcher.cancel(task.uuid)
+        await d.table.delete(task.uuid)
+        await d.intake.abandon(task.uuid)
+        return {"success": True}
+    # restart: a task that could not be dispatched is sent again from its staged images
+    if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELED) or not d.intake.staging.exists(
+        task.uuid
+    ):
+        return {"success": False, "error": "Task cannot be restarted"}
+    await d.table.update(
+        task.uuid,
+        stage=TaskStage.COMMITTED,
+        status=TaskStatus.RUNNING,
+        error_message=None,
+        output=("Launching... please wait!",),
+    )
+    d.dispatcher.submit(task.uuid)
+    return {"success": True}

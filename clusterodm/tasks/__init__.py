@@ -1,0 +1,1 @@
+"""Tasks: intake, task table, routes, dispatch, options rules."""

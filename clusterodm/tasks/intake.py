@@ -1,0 +1,192 @@
+"""TaskIntake: ``/task/new/init``, ``upload``, ``commit`` and ``/task/new``, checked and staged.
+
+Staged files live on disk (``Staging``), the upload record in the store, so an upload survives a
+crash and can continue after a restart. Commit turns the upload into a task-table entry (written
+before the upload record is dropped, so a crash in between loses nothing) and hands it to the
+dispatcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from clusterodm.access.base import AccessProvider, User
+from clusterodm.errors import InvalidRequest, LimitExceeded, NoNodeAvailable
+from clusterodm.model import StagedUpload, TaskEntry, TaskStage, TaskStatus, is_valid_uuid
+from clusterodm.nodes.registry import NodeRegistry
+from clusterodm.store.base import Store
+from clusterodm.store.staging import Staging
+from clusterodm.tasks.options import Option, apply_splitmerge, parse_options, validate_options
+from clusterodm.tasks.routes import RouteTable
+from clusterodm.tasks.table import TaskTable
+
+log = logging.getLogger(__name__)
+
+INIT_FIELDS = ("name", "options", "skipPostProcessing", "webhook", "outputs", "dateCreated")
+LAUNCHING = "Launching... please wait!"
+
+
+class DispatchSink(Protocol):
+    def submit(self, uuid: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FilePart:
+    """One uploaded file as the edge hands it over: its name and a stream of its bytes."""
+
+    filename: str
+    chunks: AsyncIterator[bytes]
+
+
+class TaskIntake:
+    def __init__(
+        self,
+        store: Store,
+        staging: Staging,
+        registry: NodeRegistry,
+        routes: RouteTable,
+        table: TaskTable,
+        access: AccessProvider,
+        known_options: Callable[[], Awaitable[list[Option]]],
+        dispatcher: DispatchSink,
+        splitmerge: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.staging = staging
+        self.registry = registry
+        self.routes = routes
+        self.table = table
+        self.access = access
+        self.known_options = known_options
+        self.dispatcher = dispatcher
+        self.splitmerge = splitmerge
+        self.clock = clock
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def uuid_in_use(self, uuid: str) -> bool:
+        return self.routes.get(uuid) is not None or self.table.get(uuid) is not None
+
+    async def init(self, user: User, fields: Mapping[str, str], set_uuid: str | None) -> str:
+        """Check and stage a new task; answers its uuid."""
+        if self.registry.reference() is None:
+            raise NoNodeAvailable("Cannot create task: no nodes are online.")
+        if "zipurl" in fields:
+            raise InvalidRequest("zipurl is not supported by this cluster; upload the images.")
+        if set_uuid is not None:
+            uuid = set_uuid.lower()
+            if not is_valid_uuid(uuid) or self.uuid_in_use(uuid):
+                raise InvalidRequest(f"Invalid set-uuid: {set_uuid}")
+        else:
+            uuid = str(uuidlib.uuid4())
+        options = await self._check_options(user, fields.get("options"))
+        kept = {k: str(v) for k, v in fields.items() if k in INIT_FIELDS}
+        now = self._now_ms()
+        await self.staging.create(uuid)
+        existing = await self.store.get_upload(uuid)
+        if existing is not None and existing.owner != user.owner:
+            raise InvalidRequest(f"Invalid set-uuid: {set_uuid}")
+        files = existing.files if existing else ()
+        await self.store.put_upload(StagedUpload(uuid, user.owner, kept, options, now, now, files))
+        log.info("task %s initialised", uuid)
+        return uuid
+
+    async def abandon(self, uuid: str) -> None:
+        """Forget an upload and its staged files (removed task, failed single-request create)."""
+        await self.store.delete_upload(uuid)
+        await self.staging.remove(uuid)
+
+    async def _check_options(self, user: User, raw: Any) -> list[Option]:
+        options = parse_options(raw)
+        if not self.splitmerge:
+            options = [o for o in options if o.get("name") != "sm-cluster"]
+        if not options:
+            return []
+        return validate_options(options, await self.known_options())
+
+    async def _upload_of(self, user: User, uuid: str) -> StagedUpload:
+        upload = await self.store.get_upload(uuid) if is_valid_uuid(uuid) else None
+        if upload is None or upload.owner != user.owner or not self.staging.exists(uuid):
+            raise InvalidRequest("Invalid uuid (not found)")
+        return upload
+
+    async def check_upload(self, user: User, uuid: str) -> StagedUpload:
+        """Refuse an upload before its body is read (unknown uuid)."""
+        return await self._upload_of(user, uuid)
+
+    async def upload(self, user: User, uuid: str, parts: AsyncIterator[FilePart]) -> int:
+        """Stream files into staging; answers how many were saved."""
+        upload = await self._upload_of(user, uuid)
+        saved: list[str] = []
+        max_images = user.limits.max_images
+        async for part in parts:
+            if not self.splitmerge and part.filename.lower() == "seed.zip":
+                raise InvalidRequest("Split-merge is disabled on this cluster: seed.zip refused.")
+            if max_images is not None and self.staging.count(uuid) >= max_images:
+                raise LimitExceeded(f"You can only upload up to {max_images} images.")
+            saved.append(await self.staging.save(uuid, part.filename, part.chunks))
+        if not saved:
+            raise InvalidRequest("Need at least 1 file.")
+        latest = await self.store.get_upload(uuid) or upload
+        await self.store.put_upload(
+            StagedUpload(
+                latest.uuid,
+                latest.owner,
+                latest.fields,
+                latest.options,
+                latest.created_ms,
+                self._now_ms(),
+                (*latest.files, *saved),
+            )
+        )
+        return len(saved)
+
+    async def commit(self, user: User, uuid: str, cluster_url: str) -> str:
+        upload = await self._upload_of(user, uuid)
+        images = self.staging.count(uuid)
+        if images == 0:
+            await self.staging.remove(uuid)
+            await self.store.delete_upload(uuid)
+            raise InvalidRequest("Need at least 1 file.")
+        if user.limits.max_images is not None and images > user.limits.max_images:
+            raise LimitExceeded(
+                f"{images} images uploaded, but you can only process up to "
+                f"{user.limits.max_images}."
+            )
+        await self.access.approve_task(user, images)
+        options = apply_splitmerge(upload.options, cluster_url, user.token, self.splitmerge)
+        fields = upload.fields
+        name = fields.get("name")
+        task = TaskEntry(
+            uuid=uuid,
+            owner=user.owner,
+            stage=TaskStage.COMMITTED,
+            status=TaskStatus.RUNNING,
+            name=(name or f"Task of {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+            if name is not None
+            else None,
+            date_created_ms=_date_created(fields.get("dateCreated"), self._now_ms()),
+            fields=dict(fields),
+            options=options,
+            images_count=images,
+            output=(LAUNCHING,),
+        )
+        await self.table.put(task)
+        await self.store.delete_upload(uuid)
+        self.dispatcher.submit(uuid)
+        log.info("task %s committed with %d images", uuid, images)
+        return uuid
+
+
+def _date_created(value: Any, now_ms: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return now_ms

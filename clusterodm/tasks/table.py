@@ -1,0 +1,52 @@
+"""TaskTable: tasks the proxy answers for itself (committed but not yet on a node, queued,
+failed to dispatch, or kept after their node was torn down). Written through to the store so a
+restart finds every one of them (original: memory only, lost on restart).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from clusterodm.model import TaskEntry
+from clusterodm.store.base import Store
+
+
+class TaskTable:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._tasks: dict[str, TaskEntry] = {}
+
+    async def load(self) -> None:
+        self._tasks = {t.uuid: t for t in await self._store.list_tasks()}
+
+    def get(self, uuid: str) -> TaskEntry | None:
+        return self._tasks.get(uuid)
+
+    def all(self) -> list[TaskEntry]:
+        return list(self._tasks.values())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def put(self, task: TaskEntry) -> TaskEntry:
+        await self._store.put_task(task)
+        self._tasks[task.uuid] = task
+        return task
+
+    async def update(self, uuid: str, **changes: Any) -> TaskEntry | None:
+        task = self._tasks.get(uuid)
+        if task is None:
+            return None
+        return await self.put(dataclasses.replace(task, **changes))
+
+    async def say(self, uuid: str, line: str, **changes: Any) -> TaskEntry | None:
+        """Append an output line (what the client reads with /output), with other changes."""
+        task = self._tasks.get(uuid)
+        if task is None:
+            return None
+        return await self.put(dataclasses.replace(task, output=(*task.output, line), **changes))
+
+    async def delete(self, uuid: str) -> None:
+        if self._tasks.pop(uuid, None) is not None:
+            await self._store.delete_task(uuid)
