@@ -34,7 +34,10 @@ async def eventually(
 
 
 def wait_until(
-    cond: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.02, message: str = "condition"
+    cond: Callable[[], Any],
+    timeout_s: float = 10.0,
+    interval_s: float = 0.02,
+    message: str = "condition",
 ) -> Any:
     """Blocking twin of :func:`eventually` for code that runs in a thread (pyodm is sync)."""
     deadline = time.monotonic() + timeout_s

@@ -123,7 +123,7 @@ class NodeClient:
 
     async def init_task(self, node: Node, uuid: str, fields: Mapping[str, str]) -> str:
         """``/task/new/init`` with ``set-uuid`` so the uuid never changes across nodes."""
-        form = aiohttp.FormData()
+        form = aiohttp.FormData(default_to_multipart=True)  # NodeODM reads multipart only
         for key, value in fields.items():
             form.add_field(key, value)
         data = await self._json(

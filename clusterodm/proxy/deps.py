@@ -63,7 +63,7 @@ class ProxyDeps:
 
 
 DEPS = web.AppKey("deps", ProxyDeps)
-USER = "clusterodm.user"
+USER = web.RequestKey("user", User | None)
 
 
 def deps(request: web.Request) -> ProxyDeps:
@@ -71,6 +71,6 @@ def deps(request: web.Request) -> ProxyDeps:
 
 
 def user_of(request: web.Request) -> User:
-    user = request.get(USER)
+    user = request.get(USER)  # type: ignore[call-overload]
     assert isinstance(user, User), "token middleware did not run"
     return user

@@ -1,0 +1,66 @@
+"""Suite-wide fixtures: real simulated nodes and real clusters on loopback, port 0."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clusterodm.app import Cluster, start_cluster
+from clusterodm.config import DispatchSettings, Settings
+from clusterodm.simnode import SimNode, SimNodeConfig, start_simnode
+
+SimnodeFactory = Callable[..., Awaitable[SimNode]]
+ClusterFactory = Callable[..., Awaitable[Cluster]]
+
+
+@pytest.fixture
+async def simnode_factory() -> AsyncIterator[SimnodeFactory]:
+    """Start simulated nodes: ``await simnode_factory(test_seconds=0.3, ...)``."""
+    started: list[SimNode] = []
+
+    async def make(**config: Any) -> SimNode:
+        node = await start_simnode(SimNodeConfig(**config))
+        started.append(node)
+        return node
+
+    yield make
+    for node in started:
+        await node.stop()
+
+
+def test_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a cluster under test: free ports, no admin ports, fast retries."""
+    base: dict[str, Any] = {
+        "port": 0,
+        "bind": "127.0.0.1",
+        "admin_cli_port": 0,
+        "admin_web_port": 0,
+        "data_dir": data_dir,
+        "refresh_interval_s": 0.5,
+        "dispatch": DispatchSettings(backoff_base_s=0.05, backoff_max_s=0.2),
+    }
+    base.update(overrides)
+    return Settings(**base).validate()
+
+
+@pytest.fixture
+async def cluster_factory(tmp_path: Path) -> AsyncIterator[ClusterFactory]:
+    """Start clusters: ``await cluster_factory(nodes=[simnode, ...], token="x", ...)``."""
+    started: list[Cluster] = []
+
+    async def make(nodes: list[SimNode] | None = None, **overrides: Any) -> Cluster:
+        data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
+        cluster = await start_cluster(test_settings(data_dir, **overrides))
+        started.append(cluster)
+        for node in nodes or []:
+            token = node.config.token or ""
+            added = await cluster.registry.add(node.host, node.port, token)
+            await cluster.deps.health.refresh(added)
+        return cluster
+
+    yield make
+    for cluster in started:
+        await cluster.stop()
