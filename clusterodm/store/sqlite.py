@@ -198,7 +198,7 @@ def _route_row(route: Route) -> tuple[Any, ...]:
 
 
 def _route_from_row(row: Sequence[Any]) -> Route:
-    return Route(row[0], row[1], row[2], row[3])
+    return Route(*row)
 
 
 def _task_row(task: TaskEntry) -> tuple[Any, ...]:
@@ -371,10 +371,9 @@ class SqliteStore:
     # --- nodes ---
 
     async def list_nodes(self) -> list[Node]:
-        rows = await self._read(
-            lambda c: c.execute(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY position").fetchall()
+        return await self._all(
+            f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY position", _node_from_row
         )
-        return [_node_from_row(row) for row in rows]
 
     async def put_node(self, node: Node) -> None:
         await self._write(lambda c: c.execute(_PUT_NODE, _node_row(node)))
@@ -391,12 +390,9 @@ class SqliteStore:
     # --- routes ---
 
     async def get_route(self, uuid: str) -> Route | None:
-        row = await self._read(
-            lambda c: c.execute(
-                f"SELECT {_ROUTE_COLUMNS} FROM routes WHERE uuid = ?", (uuid,)
-            ).fetchone()
+        return await self._one(
+            f"SELECT {_ROUTE_COLUMNS} FROM routes WHERE uuid = ?", (uuid,), _route_from_row
         )
-        return None if row is None else _route_from_row(row)
 
     async def put_route(self, route: Route) -> None:
         await self._write(lambda c: c.execute(_PUT_ROUTE, _route_row(route)))
@@ -410,10 +406,7 @@ class SqliteStore:
         await self._write(lambda c: c.execute("DELETE FROM routes WHERE uuid = ?", (uuid,)))
 
     async def list_routes(self) -> list[Route]:
-        rows = await self._read(
-            lambda c: c.execute(f"SELECT {_ROUTE_COLUMNS} FROM routes ORDER BY seq").fetchall()
-        )
-        return [Route(*row) for row in rows]
+        return await self._all(f"SELECT {_ROUTE_COLUMNS} FROM routes ORDER BY seq", _route_from_row)
 
     async def touch_routes(self, accessed: Iterable[tuple[str, int]]) -> None:
         """Unknown uuids are skipped silently: the route may have been deleted meanwhile."""
@@ -427,12 +420,9 @@ class SqliteStore:
     # --- task table ---
 
     async def get_task(self, uuid: str) -> TaskEntry | None:
-        row = await self._read(
-            lambda c: c.execute(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE uuid = ?", (uuid,)
-            ).fetchone()
+        return await self._one(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE uuid = ?", (uuid,), _task_from_row
         )
-        return None if row is None else _task_from_row(row)
 
     async def put_task(self, task: TaskEntry) -> None:
         await self._write(lambda c: c.execute(_PUT_TASK, _task_row(task)))
@@ -441,20 +431,14 @@ class SqliteStore:
         await self._write(lambda c: c.execute("DELETE FROM tasks WHERE uuid = ?", (uuid,)))
 
     async def list_tasks(self) -> list[TaskEntry]:
-        rows = await self._read(
-            lambda c: c.execute(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY seq").fetchall()
-        )
-        return [_task_from_row(row) for row in rows]
+        return await self._all(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY seq", _task_from_row)
 
     # --- staged uploads ---
 
     async def get_upload(self, uuid: str) -> StagedUpload | None:
-        row = await self._read(
-            lambda c: c.execute(
-                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE uuid = ?", (uuid,)
-            ).fetchone()
+        return await self._one(
+            f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE uuid = ?", (uuid,), _upload_from_row
         )
-        return None if row is None else _upload_from_row(row)
 
     async def put_upload(self, upload: StagedUpload) -> None:
         await self._write(lambda c: c.execute(_PUT_UPLOAD, _upload_row(upload)))
@@ -463,18 +447,14 @@ class SqliteStore:
         await self._write(lambda c: c.execute("DELETE FROM uploads WHERE uuid = ?", (uuid,)))
 
     async def list_uploads(self) -> list[StagedUpload]:
-        rows = await self._read(
-            lambda c: c.execute(f"SELECT {_UPLOAD_COLUMNS} FROM uploads ORDER BY seq").fetchall()
+        return await self._all(
+            f"SELECT {_UPLOAD_COLUMNS} FROM uploads ORDER BY seq", _upload_from_row
         )
-        return [_upload_from_row(row) for row in rows]
 
     # --- meta ---
 
     async def get_meta(self, key: str) -> str | None:
-        row = await self._read(
-            lambda c: c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        )
-        return None if row is None else str(row[0])
+        return await self._one("SELECT value FROM meta WHERE key = ?", (key,), lambda r: str(r[0]))
 
     async def set_meta(self, key: str, value: str) -> None:
         await self._write(
@@ -489,6 +469,19 @@ class SqliteStore:
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         return await self._call(lambda: query(self._connection()))
+
+    async def _all(self, sql: str, convert: Callable[[Sequence[Any]], T]) -> list[T]:
+        """Every row of ``sql``, converted on the store's thread so the loop only gets values."""
+        return await self._read(lambda c: [convert(row) for row in c.execute(sql)])
+
+    async def _one(
+        self, sql: str, params: Sequence[Any], convert: Callable[[Sequence[Any]], T]
+    ) -> T | None:
+        def query(c: sqlite3.Connection) -> T | None:
+            row = c.execute(sql, params).fetchone()
+            return None if row is None else convert(row)
+
+        return await self._read(query)
 
     async def _write(self, work: Callable[[sqlite3.Connection], object]) -> None:
         await self._call(lambda: _in_transaction(self._connection(), work))
