@@ -66,13 +66,14 @@ def _claim_name(folder: Path, filename: str) -> Path:
     name = filename.replace("\\", "/").rsplit("/", 1)[-1]
     if name in ("", ".", ".."):
         name = "file"
+    if name == BODY_FILE:
+        name = f"_{BODY_FILE}"
     while True:
-        if name != BODY_FILE:
-            try:
-                (folder / name).open("xb").close()
-                return folder / name
-            except FileExistsError:
-                pass
+        try:
+            (folder / name).open("xb").close()
+            return folder / name
+        except FileExistsError:
+            pass
         stem, dot, ext = name.rpartition(".")
         name = f"{stem}_.{ext}" if dot and stem else f"{name}_"
 
