@@ -38,6 +38,7 @@ from clusterodm.store.base import Store
 from clusterodm.store.legacy import import_legacy
 from clusterodm.store.sqlite import SqliteStore
 from clusterodm.store.staging import Staging
+from clusterodm.tasks.actions import TaskActions
 from clusterodm.tasks.dispatch import Dispatcher
 from clusterodm.tasks.intake import TaskIntake
 from clusterodm.tasks.routes import RouteTable
@@ -176,8 +177,21 @@ async def start_cluster(settings: Settings) -> Cluster:
         dispatcher,
         splitmerge=not settings.no_splitmerge,
     )
+    actions = TaskActions(
+        registry, client, routes, table, dispatcher, intake, per_user=access.per_user
+    )
     deps = ProxyDeps(
-        settings, registry, client, health, routes, table, intake, dispatcher, access, options
+        settings,
+        registry,
+        client,
+        health,
+        routes,
+        table,
+        intake,
+        dispatcher,
+        access,
+        options,
+        actions,
     )
     cluster = Cluster(settings, store, deps, staging)
     registry.listeners.append(lambda: None)

@@ -115,6 +115,10 @@ class NodeClient:
             raise NodeRejected(f"{node.key} sent an unusable /options", node.key)
         return data
 
+    async def get_json(self, node: Node, path: str, query: Mapping[str, str] | None = None) -> Any:
+        """Any GET answering JSON; a node's ``{"error"}`` raises NodeRejected."""
+        return await self._json("GET", node, path, query=query)
+
     async def task_info(self, node: Node, uuid: str) -> dict[str, Any]:
         data = await self._json("GET", node, f"/task/{uuid}/info")
         if not isinstance(data, dict):

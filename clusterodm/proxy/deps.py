@@ -14,6 +14,7 @@ from clusterodm.errors import NoNodeAvailable
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.health import HealthMonitor
 from clusterodm.nodes.registry import NodeRegistry
+from clusterodm.tasks.actions import TaskActions
 from clusterodm.tasks.dispatch import Dispatcher
 from clusterodm.tasks.intake import TaskIntake
 from clusterodm.tasks.options import Option
@@ -60,10 +61,11 @@ class ProxyDeps:
     dispatcher: Dispatcher
     access: AccessProvider
     options: OptionsCache
+    actions: TaskActions
 
 
 DEPS = web.AppKey("deps", ProxyDeps)
-USER = web.RequestKey("user", User | None)
+USER = web.RequestKey("user", User)
 
 
 def deps(request: web.Request) -> ProxyDeps:
@@ -71,6 +73,6 @@ def deps(request: web.Request) -> ProxyDeps:
 
 
 def user_of(request: web.Request) -> User:
-    user = request.get(USER)  # type: ignore[call-overload]
+    user = request.get(USER)
     assert isinstance(user, User), "token middleware did not run"
     return user

@@ -7,6 +7,7 @@ the traceback itself. Once a streamed response has started nothing can be sent: 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -87,10 +88,9 @@ async def token_middleware(request: web.Request, handler: Handler) -> web.Stream
     access = deps(request).access
     token = request.query.get("token", "")
     if is_public(request.path):
-        try:
+        # public paths answer without a valid token; the user is known only when it is valid
+        with contextlib.suppress(ClusterError):
             request[USER] = await access.authenticate(token)
-        except ClusterError:
-            request[USER] = None
         return await handler(request)
     request[USER] = await access.authenticate(token)
     return await handler(request)

@@ -13,10 +13,9 @@ from typing import Any
 import aiohttp
 from aiohttp import BodyPartReader, MultipartReader, web
 
-from clusterodm.access.base import User
-from clusterodm.errors import InvalidRequest, NodeError, TaskNotFound
-from clusterodm.model import ANY_UUID_RE, Node, TaskEntry, TaskStage, TaskStatus, parse_line
-from clusterodm.proxy.deps import ProxyDeps, deps, user_of
+from clusterodm.errors import InvalidRequest
+from clusterodm.model import Node, TaskEntry, parse_line
+from clusterodm.proxy.deps import deps, user_of
 from clusterodm.proxy.forward import forward
 from clusterodm.tasks.intake import FilePart
 
@@ -138,26 +137,8 @@ async def task_new(request: web.Request) -> web.Response:
     return web.json_response({"uuid": uuid})
 
 
-def _visible(d: ProxyDeps, user: User, owner: str) -> bool:
-    return not d.access.per_user or owner == user.owner
-
-
 def locate(request: web.Request, uuid: str, action: str) -> tuple[Node | None, TaskEntry | None]:
-    """The node that owns ``uuid``, or its task-table entry; TaskNotFound otherwise."""
-    d, user = deps(request), user_of(request)
-    missing = TaskNotFound(f"Invalid route for taskId {uuid}:{action}, no task table entry.")
-    if not ANY_UUID_RE.match(uuid):
-        raise missing
-    route = d.routes.get(uuid)
-    if route is not None and _visible(d, user, route.owner):
-        node = d.registry.get(route.node_key)
-        if node is not None:
-            d.routes.touch(uuid)
-            return node, None
-    task = d.table.get(uuid)
-    if task is not None and _visible(d, user, task.owner):
-        return None, task
-    raise missing
+    return deps(request).actions.locate(uuid, user_of(request), action)
 
 
 def _int_query(request: web.Request, key: str) -> int | None:
@@ -202,7 +183,7 @@ async def task_download(request: web.Request) -> web.StreamResponse:
 async def task_list(request: web.Request) -> web.Response:
     """This token's tasks: those the proxy holds, then those on nodes."""
     d, user = deps(request), user_of(request)
-    seen: list[str] = [t.uuid for t in d.table.all() if _visible(d, user, t.owner)]
+    seen: list[str] = [t.uuid for t in d.table.all() if d.actions.visible(user, t.owner)]
     owner = user.owner if d.access.per_user else None
     have = set(seen)
     seen.extend(r.uuid for r in d.routes.for_owner(owner) if r.uuid not in have)
@@ -225,54 +206,10 @@ async def _form_fields(request: web.Request) -> dict[str, Any]:
 
 
 async def task_action(request: web.Request) -> web.Response:
-    d = deps(request)
     action = request.match_info["action"]
     body = await _form_fields(request)
     uuid = body.get("uuid")
     if not isinstance(uuid, str) or not uuid:
         raise InvalidRequest("uuid param missing.")
-    node, task = locate(request, uuid, action)
-    if node is not None:
-        extra: dict[str, str] = {}
-        if action == "restart" and body.get("options") is not None:
-            opts = body["options"]
-            extra["options"] = opts if isinstance(opts, str) else json.dumps(opts)
-        try:
-            answer = await d.client.action(node, action, uuid, extra)
-        except NodeError as e:
-            if isinstance(e, NodeError):
-                d.registry.record_failure(node.key)
-            raise
-        if action == "remove" and answer.get("success") is True:
-            await d.routes.delete(uuid)
-        return web.json_response(answer)
-    assert task is not None
-    return web.json_response(await _table_action(d, action, task))
-
-
-async def _table_action(d: ProxyDeps, action: str, task: TaskEntry) -> dict[str, Any]:
-    """cancel/remove/restart of a task the proxy still holds."""
-    if action == "cancel":
-        await d.dispatcher.cancel(task.uuid)
-        if not task.status.is_final:
-            await d.table.update(task.uuid, status=TaskStatus.CANCELED, stage=TaskStage.FAILED)
-        return {"success": True}
-    if action == "remove":
-        await d.dispatcher.cancel(task.uuid)
-        await d.table.delete(task.uuid)
-        await d.intake.abandon(task.uuid)
-        return {"success": True}
-    # restart: a task that could not be dispatched is sent again from its staged images
-    if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELED) or not d.intake.staging.exists(
-        task.uuid
-    ):
-        return {"success": False, "error": "Task cannot be restarted"}
-    await d.table.update(
-        task.uuid,
-        stage=TaskStage.COMMITTED,
-        status=TaskStatus.RUNNING,
-        error_message=None,
-        output=("Launching... please wait!",),
-    )
-    d.dispatcher.submit(task.uuid)
-    return {"success": True}
+    answer = await deps(request).actions.act(action, uuid, user_of(request), body.get("options"))
+    return web.json_response(answer)

@@ -1,0 +1,128 @@
+"""TaskActions: find who answers for a task, and cancel / remove / restart it.
+
+Shared by the proxy and the admin fronts, so both apply the same ownership rule and the same
+handling of tasks the proxy still holds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from clusterodm.access.base import User
+from clusterodm.errors import NodeError, TaskNotFound
+from clusterodm.model import ANY_UUID_RE, Node, TaskEntry, TaskStage, TaskStatus
+from clusterodm.nodes.client import NodeClient
+from clusterodm.nodes.registry import NodeRegistry
+from clusterodm.tasks.dispatch import Dispatcher
+from clusterodm.tasks.intake import LAUNCHING, TaskIntake
+from clusterodm.tasks.routes import RouteTable
+from clusterodm.tasks.table import TaskTable
+
+ACTIONS = ("cancel", "remove", "restart")
+
+
+class TaskActions:
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        client: NodeClient,
+        routes: RouteTable,
+        table: TaskTable,
+        dispatcher: Dispatcher,
+        intake: TaskIntake,
+        per_user: bool,
+    ) -> None:
+        self.registry = registry
+        self.client = client
+        self.routes = routes
+        self.table = table
+        self.dispatcher = dispatcher
+        self.intake = intake
+        self.per_user = per_user
+
+    def visible(self, user: User | None, owner: str) -> bool:
+        """Admins (user None) see everything; with per-user tokens a user sees only theirs."""
+        return user is None or not self.per_user or owner == user.owner
+
+    def locate(
+        self, uuid: str, user: User | None, action: str
+    ) -> tuple[Node | None, TaskEntry | None]:
+        """The node that owns ``uuid``, or its task-table entry; TaskNotFound otherwise."""
+        missing = TaskNotFound(f"Invalid route for taskId {uuid}:{action}, no task table entry.")
+        if not ANY_UUID_RE.match(uuid):
+            raise missing
+        route = self.routes.get(uuid)
+        if route is not None and self.visible(user, route.owner):
+            node = self.registry.get(route.node_key)
+            if node is not None:
+                self.routes.touch(uuid)
+                return node, None
+        task = self.table.get(uuid)
+        if task is not None and self.visible(user, task.owner):
+            return None, task
+        raise missing
+
+    async def info(self, uuid: str, user: User | None, with_output: int | None = None) -> Any:
+        node, task = self.locate(uuid, user, "info")
+        if node is not None:
+            query = {} if with_output is None else {"with_output": str(with_output)}
+            return await self.client.get_json(node, f"/task/{uuid}/info", query)
+        assert task is not None
+        return task.info_json(int(time.time() * 1000), with_output)
+
+    async def output(self, uuid: str, user: User | None, line: int = 0) -> Any:
+        node, task = self.locate(uuid, user, "output")
+        if node is not None:
+            return await self.client.get_json(node, f"/task/{uuid}/output", {"line": str(line)})
+        assert task is not None
+        return task.info_json(0, line)["output"]
+
+    async def act(
+        self, action: str, uuid: str, user: User | None, options: Any = None
+    ) -> dict[str, Any]:
+        """cancel / remove / restart; the answer as NodeODM gives it (``success`` or ``error``)."""
+        node, task = self.locate(uuid, user, action)
+        if node is None:
+            assert task is not None
+            return await self._held(action, task)
+        extra: dict[str, str] = {}
+        if action == "restart" and options is not None:
+            extra["options"] = options if isinstance(options, str) else json.dumps(options)
+        try:
+            answer = await self.client.action(node, action, uuid, extra)
+        except NodeError:
+            self.registry.record_failure(node.key)
+            raise
+        if action == "remove" and answer.get("success") is True:
+            await self.routes.delete(uuid)
+        return answer
+
+    async def _held(self, action: str, task: TaskEntry) -> dict[str, Any]:
+        """cancel / remove / restart of a task the proxy still holds."""
+        if action == "cancel":
+            await self.dispatcher.cancel(task.uuid)
+            if not task.status.is_final:
+                await self.table.update(
+                    task.uuid, status=TaskStatus.CANCELED, stage=TaskStage.FAILED
+                )
+            return {"success": True}
+        if action == "remove":
+            await self.dispatcher.cancel(task.uuid)
+            await self.table.delete(task.uuid)
+            await self.intake.abandon(task.uuid)
+            return {"success": True}
+        # restart: a task that could not be dispatched is sent again from its staged images
+        restartable = task.status in (TaskStatus.FAILED, TaskStatus.CANCELED)
+        if not restartable or not self.intake.staging.exists(task.uuid):
+            return {"success": False, "error": "Task cannot be restarted"}
+        await self.table.update(
+            task.uuid,
+            stage=TaskStage.COMMITTED,
+            status=TaskStatus.RUNNING,
+            error_message=None,
+            output=(LAUNCHING,),
+        )
+        self.dispatcher.submit(task.uuid)
+        return {"success": True}
