@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -269,38 +270,53 @@ def _upload_from_row(row: Sequence[Any]) -> StagedUpload:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    """Open in autocommit mode: every write below states its own transaction."""
+    """Open in autocommit mode: every write below states its own transaction.
+
+    A new file is made owner-only: it holds node tokens (SQLite gives its WAL the same mode).
+    """
+    created = not path.exists()
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    if created:
+        os.chmod(path, 0o600)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         log.warning("SQLite refused WAL mode for %s (got %s)", path, mode)
     conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
 
-def _migrate(conn: sqlite3.Connection) -> int:
-    """Apply the missing schema steps, each in its own transaction; returns the final version."""
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply the missing schema steps, one transaction each.
+
+    The version is read inside the write transaction, so two processes opening a new file at
+    once cannot both apply the same step.
+    """
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = _user_version(conn)
+            if version >= SCHEMA_VERSION:
+                break
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+        except BaseException:
+            _rollback(conn)
+            raise
+        conn.execute("COMMIT")
+        log.info("state store schema upgraded to version %d", version + 1)
+    conn.execute("COMMIT")
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"state store schema version {version} is newer than this release "
             f"understands ({SCHEMA_VERSION}); upgrade clusterodm"
         )
-    for step in range(version, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in MIGRATIONS[step].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {step + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        log.info("state store schema upgraded to version %d", step + 1)
-    return SCHEMA_VERSION
 
 
 def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], object]) -> None:
@@ -309,9 +325,15 @@ def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection
     try:
         work(conn)
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
     conn.execute("COMMIT")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """SQLite may already have rolled back by itself (disk full, I/O error)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 class SqliteStore:
@@ -366,7 +388,7 @@ class SqliteStore:
 
     async def schema_version(self) -> int:
         """The ``user_version`` on disk (for diagnostics and tests)."""
-        return await self._read(lambda c: int(c.execute("PRAGMA user_version").fetchone()[0]))
+        return await self._read(_user_version)
 
     # --- nodes ---
 

@@ -80,6 +80,20 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
         await SqliteStore(path).open()
 
 
+async def test_two_stores_opening_a_new_file_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    stores = [SqliteStore(path) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        assert [await s.schema_version() for s in stores] == [SCHEMA_VERSION] * 4
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_new_file_is_owner_only(store: SqliteStore) -> None:
+    assert store.path.stat().st_mode & 0o077 == 0
+
+
 async def test_node_round_trip(store: SqliteStore) -> None:
     node = Node(
         "10.0.0.5",
