@@ -75,22 +75,17 @@ def _cap_bytes(name: str, limit: int) -> str:
     """Trim the stem (never the extension, unless it alone is too long) to ``limit`` bytes."""
     if len(name.encode()) <= limit:
         return name
-    stem, ext = _split_ext(name)
+    stem, ext = os.path.splitext(name)
     if len(ext.encode()) >= limit // 2:
         stem, ext = name, ""
     room = limit - len(ext.encode())
     return stem.encode()[:room].decode(errors="ignore") + ext
 
 
-def _split_ext(name: str) -> tuple[str, str]:
-    stem, ext = os.path.splitext(name)
-    return stem, ext
-
-
 def _candidates(name: str) -> Iterator[str]:
     """``a.jpg``, ``a_.jpg``, ``a__.jpg``...: the original's clash rule, kept within NAME_MAX."""
     yield name
-    stem, ext = _split_ext(name)
+    stem, ext = os.path.splitext(name)
     for n in range(1, MAX_NAME_ATTEMPTS):
         suffix = "_" * n + ext
         room = MAX_NAME_BYTES - len(suffix.encode())
@@ -103,7 +98,8 @@ class Staging:
     """Staged uploads under ``root``, one folder per task uuid."""
 
     def __init__(self, root: Path, fsync: bool = False) -> None:
-        """``fsync``: flush each file to disk before it gets its final name (off-loop)."""
+        """``fsync``: flush each file, then its folder, to disk (off-loop). Off by default: a
+        process crash loses nothing written; only power loss could, and a client re-uploads."""
         self.root = root
         self.fsync = fsync
 
@@ -173,7 +169,10 @@ class Staging:
         try:
             await self._stream(handle, chunks, max_bytes, filename)
             await asyncio.to_thread(self._finish, handle)
-            return await asyncio.to_thread(_link_free_name, part, folder, name)
+            stored = await asyncio.to_thread(_link_free_name, part, folder, name)
+            if self.fsync:
+                await asyncio.to_thread(_fsync_dir, folder)
+            return stored
         finally:
             await asyncio.to_thread(_discard, handle, part)
 
@@ -266,6 +265,15 @@ def _link_exclusive(source: Path, target: Path) -> None:
             raise
         os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         os.replace(source, target)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the new directory entry durable too, not only the file's bytes."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _discard(handle: BinaryIO, part: Path) -> None:
