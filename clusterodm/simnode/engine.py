@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,7 +128,8 @@ def _text_members(output: Sequence[str], images: Sequence[str]) -> list[Member]:
 def _selected(members: list[Member], outputs: Sequence[str] | None) -> list[Member]:
     if outputs is None:
         return members
-    wanted = [path.strip("/") for path in outputs]
+    # NodeODM strips leading ".." so outputs stay inside the project folder.
+    wanted = [re.sub(r"^(\.\.[/\\]?|/)+", "", path).rstrip("/") for path in outputs]
     return [
         m for m in members if any(m.name == w or m.name.startswith(w + "/") for w in wanted if w)
     ]

@@ -43,7 +43,7 @@ def _settings(fields: dict[str, Any], context: NodeContext) -> TaskSettings:
     if fields.get("outputs"):
         parsed = parse_json(fields["outputs"])
         if isinstance(parsed, list):
-            outputs = [re.sub(r"^(\.\.[/\\]?|/)+", "", str(p)) for p in parsed]
+            outputs = [str(path) for path in parsed]
     created = parse_int(fields.get("dateCreated"))
     return TaskSettings(
         name=name,
