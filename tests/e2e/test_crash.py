@@ -31,6 +31,7 @@ class ProxyProcess:
         self.data_dir = data_dir
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.drain: asyncio.Future[None] | None = None
 
     async def start(self) -> str:
         self.proc = await asyncio.create_subprocess_exec(
@@ -57,7 +58,7 @@ class ProxyProcess:
                 if m := LISTENING.search(line):
                     self.url = f"http://127.0.0.1:{m.group(1)}"
                     break
-        asyncio.ensure_future(self._drain())
+        self.drain = asyncio.ensure_future(self._drain())
         return self.url
 
     async def _drain(self) -> None:
@@ -69,6 +70,8 @@ class ProxyProcess:
         if self.proc is not None and self.proc.returncode is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
+        if self.drain is not None:
+            await self.drain
 
 
 @pytest.fixture
