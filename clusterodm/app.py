@@ -21,10 +21,12 @@ from aiohttp import web
 from clusterodm import __version__
 from clusterodm import log as logsetup
 from clusterodm.access.base import AccessProvider
+from clusterodm.access.flood import FloodMonitor
 from clusterodm.access.local import LocalAccess
 from clusterodm.config import Settings
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.health import HealthMonitor
+from clusterodm.nodes.ratelimit import RateLimiter
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.proxy.deps import DEPS, OptionsCache, ProxyDeps
 from clusterodm.proxy.endpoints import ROUTES
@@ -77,6 +79,7 @@ class Cluster:
     sites: dict[str, web.TCPSite] = field(default_factory=dict)
     loops: list[asyncio.Task[None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. "admin-cli": the AdminCli
 
     @property
     def registry(self) -> NodeRegistry:
@@ -88,7 +91,7 @@ class Cluster:
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.settings.ssl and not self.settings.secure_port else "http"
+        scheme = "https" if self.settings.ssl and self.settings.secure_port is None else "http"
         return f"{scheme}://127.0.0.1:{self.port}"
 
     def site_port(self, name: str) -> int | None:
@@ -151,7 +154,8 @@ async def start_cluster(settings: Settings) -> Cluster:
     if nodes_imported or routes_imported:
         log.info("imported %d nodes and %d routes", nodes_imported, routes_imported)
 
-    client = NodeClient(settings.timeouts)
+    limiter = RateLimiter(settings.upload_max_speed) if settings.upload_max_speed else None
+    client = NodeClient(settings.timeouts, limiter)
     await client.start()
     registry = NodeRegistry(store, settings.online_window_s)
     await registry.load()
@@ -176,6 +180,7 @@ async def start_cluster(settings: Settings) -> Cluster:
         options.get,
         dispatcher,
         splitmerge=not settings.no_splitmerge,
+        flood=FloodMonitor(settings.flood_limit),
     )
     actions = TaskActions(
         registry, client, routes, table, dispatcher, intake, per_user=access.per_user
@@ -207,7 +212,7 @@ async def start_cluster(settings: Settings) -> Cluster:
 
         proxy_app = build_proxy_app(deps)
         ctx = _ssl_context(settings) if settings.ssl else None
-        if ctx is not None and settings.secure_port:
+        if ctx is not None and settings.secure_port is not None:
             await cluster.add_site("proxy", proxy_app, settings.port)
             await cluster.add_site("secure", build_proxy_app(deps), settings.secure_port, ctx)
         else:
@@ -221,8 +226,18 @@ async def start_cluster(settings: Settings) -> Cluster:
 
 
 async def start_admin(cluster: Cluster) -> None:
-    """Admin CLI and admin web, each on its own port (0 = off)."""
-    return None
+    """Admin CLI and admin web, each on its own port (0 = off), sharing one AdminCommands."""
+    from clusterodm.admin import AdminCommands, build_admin_app, start_cli
+
+    s = cluster.settings
+    commands = AdminCommands(cluster.deps, cluster.extra.get("autoscaler"))
+    if s.admin_cli_port:
+        cli = await start_cli(commands, s.bind, s.admin_cli_port, s.admin_pass)
+        cluster.extra["admin-cli"] = cli
+        cluster.closers.append(cli.close)
+    if s.admin_web_port:
+        web_app = build_admin_app(commands, s.admin_pass)
+        await cluster.add_site("admin-web", web_app, s.admin_web_port)
 
 
 async def sweep(cluster: Cluster) -> None:

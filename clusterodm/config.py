@@ -86,7 +86,7 @@ class Settings:
             )
         if bool(self.ssl_key) != bool(self.ssl_cert):
             raise ConfigError("--ssl-key and --ssl-cert must be given together")
-        if self.secure_port and not self.ssl_key:
+        if self.secure_port is not None and not self.ssl_key:
             raise ConfigError("--secure-port needs --ssl-key and --ssl-cert")
         if self.upload_max_speed is not None and self.upload_max_speed <= 0:
             raise ConfigError("--upload-max-speed must be a positive number of bytes per second")

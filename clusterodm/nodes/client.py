@@ -20,6 +20,7 @@ from yarl import URL
 from clusterodm.config import Timeouts
 from clusterodm.errors import NodeError, NodeRejected, NodeUnreachable
 from clusterodm.model import Node, NodeInfo
+from clusterodm.nodes.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,9 @@ UPLOAD_CHUNK = 256 * 1024
 class NodeClient:
     """NodeODM calls with their own time limits; one instance per process."""
 
-    def __init__(self, timeouts: Timeouts | None = None, rate_limiter: Any = None) -> None:
+    def __init__(
+        self, timeouts: Timeouts | None = None, rate_limiter: RateLimiter | None = None
+    ) -> None:
         self.timeouts = timeouts or Timeouts()
         self._session: aiohttp.ClientSession | None = None
         self.rate_limiter = rate_limiter
@@ -195,7 +198,7 @@ class NodeClient:
         return data
 
 
-async def _file_sender(path: Path, limiter: Any = None) -> AsyncIterator[bytes]:
+async def _file_sender(path: Path, limiter: RateLimiter | None = None) -> AsyncIterator[bytes]:
     """Read a staged file in chunks off the loop; optional shared rate limit."""
     f = await asyncio.to_thread(path.open, "rb")
     try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from clusterodm.access.base import AccessProvider, User
+from clusterodm.access.flood import FloodMonitor, flood_message
 from clusterodm.errors import InvalidRequest, LimitExceeded, NoNodeAvailable
 from clusterodm.model import StagedUpload, TaskEntry, TaskStage, TaskStatus, is_valid_uuid
 from clusterodm.nodes.registry import NodeRegistry
@@ -55,6 +56,7 @@ class TaskIntake:
         known_options: Callable[[], Awaitable[list[Option]]],
         dispatcher: DispatchSink,
         splitmerge: bool = True,
+        flood: FloodMonitor | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -66,6 +68,7 @@ class TaskIntake:
         self.known_options = known_options
         self.dispatcher = dispatcher
         self.splitmerge = splitmerge
+        self.flood = flood or FloodMonitor(None)
         self.clock = clock
 
     def _now_ms(self) -> int:
@@ -77,7 +80,7 @@ class TaskIntake:
     async def init(self, user: User, fields: Mapping[str, str], set_uuid: str | None) -> str:
         """Check and stage a new task; answers its uuid."""
         if self.registry.reference() is None:
-            raise NoNodeAvailable("Cannot create task: no nodes are online.")
+            raise NoNodeAvailable("Cannot create task, no nodes are online.")
         if "zipurl" in fields:
             raise InvalidRequest("zipurl is not supported by this cluster; upload the images.")
         if set_uuid is not None:
@@ -87,6 +90,8 @@ class TaskIntake:
         else:
             uuid = str(uuidlib.uuid4())
         options = await self._check_options(user, fields.get("options"))
+        if self.flood.record_init(user.token):
+            raise LimitExceeded(flood_message())
         kept = {k: str(v) for k, v in fields.items() if k in INIT_FIELDS}
         now = self._now_ms()
         await self.staging.create(uuid)
@@ -180,6 +185,7 @@ class TaskIntake:
         )
         await self.table.put(task)
         await self.store.delete_upload(uuid)
+        self.flood.record_commit(user.token)
         self.dispatcher.submit(uuid)
         log.info("task %s committed with %d images", uuid, images)
         return uuid
