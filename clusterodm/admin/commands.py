@@ -1,0 +1,368 @@
+"""AdminCommands: what an operator can do to a running cluster, one typed method per command.
+
+Shared by both admin fronts (``telnet.py`` and ``web.py``) so the CLI and the web page apply the
+same rules and show the same data. Methods return domain data or JSON-ready dicts and raise
+``ClusterError`` families; the fronts decide how to print them (``OK``/``FAIL``/``INVALID`` on the
+CLI, JSON with a status code on the web). Node numbers are 1-based, in the registry's list
+order, as the original numbers them.
+
+Node tokens never leave this module: every node view drops them (original: ``NODE INFO``,
+``ROUTE INFO`` and ``/r/node/list`` print them; here they are omitted because anyone who can
+read the admin page would otherwise get credentials for every node).
+
+Imports use cases (registry, health, routes, table, task actions), never adapters or the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from clusterodm import __version__
+from clusterodm.errors import ClusterError, InvalidRequest, NodeError, TaskNotFound
+from clusterodm.model import Node, Route, TaskEntry, TaskStatus
+from clusterodm.proxy.deps import ProxyDeps
+
+log = logging.getLogger(__name__)
+
+NAME = "ClusterODM"
+NO_AUTOSCALER = "No autoscaler configured (start with --asr config.json)"
+TASK_QUERY_CONCURRENCY = 16
+"""Nodes asked for task info at once by TASK LIST and the web page's task table."""
+TASK_QUERY_TIMEOUT_S = 5.0
+"""A node slower than this to describe one task is left out of a listing, not waited for."""
+TASK_LIST_MAX = 1000
+"""TASK LIST asks nodes about at most this many routes (most recently used first)."""
+
+STATUS_NAMES = {s.value: s.name.lower() for s in TaskStatus}
+
+
+class NodeOutOfRange(ClusterError):
+    """No node has this number (the CLI answers FAIL, the web ``false``)."""
+
+
+class ViewCommand(Protocol):
+    """What the admin needs from an autoscaler: the command it would run to create a machine."""
+
+    def view_command(self, images: int) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """A node as the admin shows it: its number, runtime state and the original's derived fields."""
+
+    number: int
+    node: Node
+    online: bool
+
+    @property
+    def name(self) -> str:
+        return self.node.key
+
+    @property
+    def queue(self) -> int:
+        return self.node.info.task_queue_count if self.node.info else 0
+
+    @property
+    def max_parallel(self) -> int:
+        return self.node.info.max_parallel_tasks if self.node.info else 0
+
+    @property
+    def engine_info(self) -> str:
+        info = self.node.info
+        return f"{info.engine} {info.engine_version}" if info else "?"
+
+    @property
+    def api_version(self) -> str:
+        info = self.node.info
+        return info.version if info and info.version else "?"
+
+    @property
+    def flags(self) -> list[str]:
+        out = []
+        if self.node.locked:
+            out.append("L")
+        if self.node.auto_spawned:
+            out.append("A")
+        return out
+
+    def line(self) -> str:
+        """The original's NODE LIST line, which operators' scripts parse."""
+        state = "[online]" if self.online else "[offline]"
+        flags = f" [{','.join(self.flags)}]" if self.flags else ""
+        return (
+            f"{self.number}) {self.name} {state} [{self.queue}/{self.max_parallel}]"
+            f" <engine: {self.engine_info}> <API: {self.api_version}>{flags}"
+        )
+
+    def node_data(self) -> dict[str, Any]:
+        """The original's ``nodeData`` (port as a string, ``locked`` only when set), no token."""
+        data: dict[str, Any] = {
+            "hostname": self.node.hostname,
+            "port": str(self.node.port),
+            "info": self.node.info.to_json() if self.node.info else {},
+            "lastRefreshed": self.node.last_refreshed_ms,
+        }
+        if self.node.locked:
+            data["locked"] = True
+        return data
+
+    def list_item(self) -> dict[str, Any]:
+        """One ``/r/node/list`` item: the original's field names, plus ``number``."""
+        return {
+            "number": self.number,
+            "name": self.name,
+            "isLocked": self.node.locked,
+            "isAutoSpawned": self.node.auto_spawned,
+            "isOnline": self.online,
+            "getTaskQueueCount": self.queue,
+            "getMaxParallelTasks": self.max_parallel,
+            "getEngineInfo": self.engine_info,
+            "getVersion": self.api_version,
+            "lastRefreshed": self.node.last_refreshed_ms,
+            "nodeData": self.node_data(),
+        }
+
+
+def route_json(route: Route, node: Node | None, accessed_ms: int) -> dict[str, Any]:
+    """A route as the original's ``ROUTE INFO`` prints it, without any token."""
+    if node is not None:
+        where: dict[str, Any] = {"hostname": node.hostname, "port": str(node.port)}
+    else:
+        host, _, port = route.node_key.rpartition(":")
+        where = {"hostname": host, "port": port}
+    return {"node": where, "accessed": accessed_ms}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class AdminCommands:
+    """Every admin command, for both fronts. ``autoscaler`` plugs in when ``--asr`` is used."""
+
+    def __init__(self, deps: ProxyDeps, autoscaler: ViewCommand | None = None) -> None:
+        self.deps = deps
+        self.autoscaler = autoscaler
+
+    # --- nodes ---------------------------------------------------------------------------
+    def nodes(self) -> list[NodeView]:
+        reg = self.deps.registry
+        return [NodeView(i, n, reg.is_online(n)) for i, n in enumerate(reg.nodes(), 1)]
+
+    def node(self, number: int) -> NodeView:
+        node = self.deps.registry.by_number(number)
+        if node is None:
+            raise NodeOutOfRange(f"No node number {number}")
+        return NodeView(number, node, self.deps.registry.is_online(node))
+
+    async def node_add(self, hostname: str, port: int, token: str = "") -> NodeView:
+        """Add and persist a node, then ask the health monitor to probe it now."""
+        node = await self.deps.registry.add(hostname, port, token)
+        self.deps.health.wake()
+        return NodeView(self.deps.registry.number_of(node.key), node, False)
+
+    async def node_del(self, number: int) -> NodeView:
+        """Remove a node and its routes (the store drops them; memory is cleared here)."""
+        view = self.node(number)
+        await self.deps.registry.remove(view.node.key)
+        self.deps.routes.forget_node(view.node.key)
+        return view
+
+    async def node_lock(self, number: int, locked: bool = True) -> NodeView:
+        view = self.node(number)
+        updated = await self.deps.registry.set_locked(view.node.key, locked)
+        if updated is None:  # removed concurrently
+            raise NodeOutOfRange(f"No node number {number}")
+        return NodeView(number, updated, self.deps.registry.is_online(updated))
+
+    def node_info(self, number: int) -> dict[str, Any]:
+        return self.node(number).node_data()
+
+    async def node_update(self) -> None:
+        """Refresh every node's /info now and wait for the answers (each probe is bounded)."""
+        await self.deps.health.refresh_all()
+
+    def node_best(self, images: int) -> NodeView | None:
+        node = self.deps.registry.best(images)
+        if node is None:
+            return None
+        reg = self.deps.registry
+        return NodeView(reg.number_of(node.key), node, reg.is_online(node))
+
+    # --- routes --------------------------------------------------------------------------
+    def route_info(self, uuid: str) -> dict[str, Any]:
+        route = self.deps.routes.get(uuid)
+        if route is None:
+            raise TaskNotFound(f"No route for {uuid}")
+        return self._route_json(route)
+
+    def route_list(self, number: int | None = None) -> dict[str, dict[str, Any]]:
+        """Routes as the original lists them, ``{uuid: {node, accessed}}``; or one node's."""
+        return {r.uuid: self._route_json(r) for r in self._routes_of(number)}
+
+    def recent_routes(self, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` most recently used routes, newest first, for the web page."""
+        out = []
+        for route in self._recent(None, limit):
+            item = self._route_json(route)
+            item["uuid"] = route.uuid
+            item["name"] = route.node_key
+            item["number"] = self.deps.registry.number_of(route.node_key)
+            out.append(item)
+        return out
+
+    def _route_json(self, route: Route) -> dict[str, Any]:
+        node = self.deps.registry.get(route.node_key)
+        return route_json(route, node, self.deps.routes.accessed_ms(route.uuid))
+
+    def _routes_of(self, number: int | None) -> list[Route]:
+        routes = self.deps.routes.all()
+        if number is None:
+            return routes
+        key = self.node(number).node.key
+        return [r for r in routes if r.node_key == key]
+
+    def _recent(self, number: int | None, limit: int) -> list[Route]:
+        routes = self._routes_of(number)
+        accessed = self.deps.routes.accessed_ms
+        routes.sort(key=lambda r: accessed(r.uuid), reverse=True)
+        return routes[:limit]
+
+    # --- tasks ---------------------------------------------------------------------------
+    async def task_list(self, number: int | None = None) -> list[Any]:
+        """Task infos from their nodes (the original's TASK LIST), then tasks the proxy holds.
+
+        Nodes are asked concurrently and bounded; a task whose node fails or is slow is left
+        out, as the original leaves out tasks whose info is an error.
+        """
+        routes = self._recent(number, TASK_LIST_MAX)
+        infos = await self._node_infos(routes)
+        out: list[Any] = [info for info in infos if info is not None]
+        if number is None:
+            now = _now_ms()
+            out.extend(t.info_json(now) for t in self.deps.table.all())
+        return out
+
+    async def task_overview(self, limit: int) -> list[dict[str, Any]]:
+        """For the web page: each known task with its node and status, newest first."""
+        rows: list[dict[str, Any]] = []
+        now = _now_ms()
+        for task in sorted(self.deps.table.all(), key=lambda t: -t.date_created_ms)[:limit]:
+            rows.append(self._held_row(task, now))
+        routes = self._recent(None, max(0, limit - len(rows)))
+        infos = await self._node_infos(routes)
+        for route, info in zip(routes, infos, strict=True):
+            rows.append(self._routed_row(route, info))
+        return rows
+
+    def _held_row(self, task: TaskEntry, now_ms: int) -> dict[str, Any]:
+        return {
+            "uuid": task.uuid,
+            "name": task.name,
+            "node": task.node_key,
+            "number": self.deps.registry.number_of(task.node_key) if task.node_key else 0,
+            "source": "proxy",
+            "stage": task.stage.value,
+            "status": int(task.status),
+            "statusName": STATUS_NAMES.get(int(task.status), "unknown"),
+            "progress": task.progress,
+            "imagesCount": task.images_count,
+            "dateCreated": task.date_created_ms,
+            "processingTime": task.info_json(now_ms)["processingTime"],
+            "error": task.error_message,
+        }
+
+    def _routed_row(self, route: Route, info: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "uuid": route.uuid,
+            "name": None,
+            "node": route.node_key,
+            "number": self.deps.registry.number_of(route.node_key),
+            "source": "node",
+            "stage": "on node",
+            "status": None,
+            "statusName": "unknown",
+            "progress": None,
+            "imagesCount": None,
+            "dateCreated": None,
+            "processingTime": None,
+            "error": None,
+            "accessed": self.deps.routes.accessed_ms(route.uuid),
+        }
+        if isinstance(info, dict):
+            status = info.get("status")
+            code = status.get("code") if isinstance(status, dict) else None
+            row.update(
+                name=info.get("name"),
+                status=code if isinstance(code, int) else None,
+                statusName=STATUS_NAMES.get(code, "unknown") if isinstance(code, int) else "?",
+                progress=info.get("progress"),
+                imagesCount=info.get("imagesCount"),
+                dateCreated=info.get("dateCreated"),
+                processingTime=info.get("processingTime"),
+                error=status.get("errorMessage") if isinstance(status, dict) else None,
+            )
+        return row
+
+    async def _node_infos(self, routes: list[Route]) -> list[Any]:
+        """Ask each route's node for its task info; None where the node fails or is slow."""
+        if not routes:
+            return []
+        gate = asyncio.Semaphore(TASK_QUERY_CONCURRENCY)
+        client = self.deps.client
+
+        async def one(route: Route) -> Any:
+            node = self.deps.registry.get(route.node_key)
+            if node is None:
+                return None
+            async with gate:
+                try:
+                    async with asyncio.timeout(TASK_QUERY_TIMEOUT_S):
+                        info = await client.task_info(node, route.uuid)
+                except (NodeError, TimeoutError) as e:
+                    log.debug("task info of %s from %s failed: %s", route.uuid, node.key, e)
+                    return None
+            return info
+
+        return list(await asyncio.gather(*(one(r) for r in routes)))
+
+    async def task_info(self, uuid: str) -> Any:
+        return await self.deps.actions.info(uuid, None)
+
+    async def task_output(self, uuid: str, line: int = 0) -> Any:
+        return await self.deps.actions.output(uuid, None, line)
+
+    async def task_action(self, action: str, uuid: str) -> bool:
+        """cancel / remove; True when the node (or the proxy, for held tasks) says success."""
+        if action not in ("cancel", "remove"):
+            raise InvalidRequest(f"Unknown task action {action!r}")
+        answer = await self.deps.actions.act(action, uuid, None)
+        if answer.get("success") is True:
+            return True
+        log.info("task %s of %s refused: %s", action, uuid, answer.get("error"))
+        return False
+
+    # --- autoscaler ----------------------------------------------------------------------
+    def asr_view_command(self, images: int) -> str:
+        if self.autoscaler is None:
+            return NO_AUTOSCALER
+        return self.autoscaler.view_command(images)
+
+    # --- summary -------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """``/r/info``: the original's ``{name, version}`` plus counts for the page header."""
+        views = self.nodes()
+        return {
+            "name": NAME,
+            "version": __version__,
+            "nodes": len(views),
+            "onlineNodes": sum(1 for v in views if v.online),
+            "lockedNodes": sum(1 for v in views if v.node.locked),
+            "routes": len(self.deps.routes),
+            "heldTasks": len(self.deps.table),
+            "autoscaler": self.autoscaler is not None,
+        }

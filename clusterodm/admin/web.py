@@ -1,0 +1,273 @@
+"""Admin web: the operator's page and the original's JSON API under ``/r/`` (``--admin-web-port``).
+
+Owns HTTP for the admin: basic auth (user ``admin``, ``--admin-pass``), the page shell
+(``templates/index.html``), its static files (``static/``, packaged, no CDN) and the ``/r/*``
+endpoints. What a command does lives in ``commands.py``, shared with the CLI.
+
+``/r/`` endpoints (field names as the original's, so its scripts keep working):
+
+    GET    /r/info            {name, version, nodes, onlineNodes, lockedNodes, routes, heldTasks}
+    GET    /r/node/list       [{number, name, isLocked, isAutoSpawned, isOnline, ...nodeData}]
+    POST   /r/node/add        {hostname, port, token?}   -> {success: true, number}
+    DELETE /r/node            {number, name?}            -> true | false
+    POST   /r/node/lock       {number, name?}            -> true | false
+    POST   /r/node/unlock     {number, name?}            -> true | false
+    GET    /r/tasks?limit=N   known tasks with node and status (ours; for the page)
+    GET    /r/routes?limit=N  most recently used routes (ours; for the page)
+
+Differences from the original: node tokens are never sent; bad input answers 400
+``{"error": ...}`` (original: an empty 403); changes must be sent as JSON (which a foreign web
+page cannot do without a CORS preflight we never grant, so a browser tab cannot be tricked into
+changing the cluster); an optional ``name`` guards against acting on a renumbered node (409).
+
+Imports ``admin.commands`` and the error families only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import html
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from clusterodm import __version__
+from clusterodm.admin.commands import NAME, AdminCommands, NodeOutOfRange
+from clusterodm.admin.telnet import password_matches
+from clusterodm.errors import ClusterError
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+ADMIN_USER = "admin"
+REALM = "ClusterODM"
+BODY_LIMIT_BYTES = 64 * 1024
+DEFAULT_TASKS = 50
+DEFAULT_ROUTES = 100
+MAX_LIMIT = 1000
+
+COMMANDS = web.AppKey("admin_commands", AdminCommands)
+PASSWORD = web.AppKey("admin_password", str)
+PAGE = web.AppKey("admin_page", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadInput(Exception):
+    """The request's body or query is unusable: 400 ``{"error": ...}``."""
+
+
+class Conflict(Exception):
+    """The node number now names another node (the page was stale): 409."""
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _credentials_ok(header: str, password: str) -> bool:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    user, sep, given = decoded.partition(":")
+    # evaluate both so a wrong user name costs the same time as a wrong password
+    user_ok = password_matches(user, ADMIN_USER)
+    pass_ok = password_matches(given, password)
+    return bool(sep) and user_ok and pass_ok
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Basic auth on every path when a password is set (the page, static files and the API)."""
+    password = request.app[PASSWORD]
+    if password and not _credentials_ok(request.headers.get("Authorization", ""), password):
+        if request.headers.get("Authorization"):
+            log.warning("admin web: wrong credentials from %s", request.remote)
+        resp = _error(401, "Unauthorized")
+        resp.headers["WWW-Authenticate"] = f'Basic realm="{REALM}", charset="UTF-8"'
+        return resp
+    return await handler(request)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure of ``/r/*`` becomes JSON ``{"error": ...}``; never a traceback."""
+    try:
+        return await handler(request)
+    except BadInput as e:
+        return _error(400, str(e))
+    except Conflict as e:
+        return _error(409, str(e))
+    except ClusterError as e:
+        return _error(400, e.message)
+    except web.HTTPException as e:
+        if request.path.startswith("/r/") and e.status >= 400:
+            return _error(e.status, e.reason)
+        raise
+    except Exception:
+        log.exception("admin web: %s %s failed", request.method, request.path)
+        return _error(500, "Internal error, see the cluster's log")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise BadInput("Send a JSON body with Content-Type: application/json")
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput("Body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadInput("Body must be a JSON object")
+    return body
+
+
+def _number(value: Any, what: str = "number") -> int:
+    """A positive integer from JSON: an int, or digits in a string (as browsers' forms send)."""
+    if isinstance(value, bool):
+        raise BadInput(f"{what} must be a positive integer")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or value < 1:
+        raise BadInput(f"{what} must be a positive integer")
+    return value
+
+
+def _limit(request: web.Request, default: int) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    return min(_number(raw, "limit"), MAX_LIMIT)
+
+
+def _check_name(cmds: AdminCommands, number: int, body: dict[str, Any]) -> bool:
+    """False if there is no such node; Conflict if ``name`` says the page saw another node."""
+    try:
+        view = cmds.node(number)
+    except NodeOutOfRange:
+        return False
+    name = body.get("name")
+    if name is not None and name != view.name:
+        raise Conflict(f"Node {number} is now {view.name}, not {name}; reload the list")
+    return True
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[PAGE], content_type="text/html", charset="utf-8")
+
+
+async def signout(request: web.Request) -> web.Response:
+    """A 401 makes the browser forget the basic-auth credentials (as the original's)."""
+    return web.Response(
+        status=401,
+        text='Signed out. <a href="/">Sign back in</a>',
+        content_type="text/html",
+    )
+
+
+async def info(request: web.Request) -> web.Response:
+    return web.json_response(request.app[COMMANDS].info())
+
+
+async def node_list(request: web.Request) -> web.Response:
+    return web.json_response([v.list_item() for v in request.app[COMMANDS].nodes()])
+
+
+async def node_add(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    hostname = body.get("hostname")
+    if not isinstance(hostname, str) or not hostname.strip():
+        raise BadInput("hostname is required")
+    port = _number(body.get("port"), "port")
+    if port > 65535:
+        raise BadInput("port must be at most 65535")
+    token = body.get("token") or ""
+    if not isinstance(token, str):
+        raise BadInput("token must be a string")
+    view = await request.app[COMMANDS].node_add(hostname.strip(), port, token)
+    return web.json_response({"success": True, "number": view.number})
+
+
+async def node_delete(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    number = _number(body.get("number"))
+    cmds = request.app[COMMANDS]
+    if not _check_name(cmds, number, body):
+        return web.json_response(False)
+    await cmds.node_del(number)
+    return web.json_response(True)
+
+
+async def _set_locked(request: web.Request, locked: bool) -> web.Response:
+    body = await _json_body(request)
+    number = _number(body.get("number"))
+    cmds = request.app[COMMANDS]
+    if not _check_name(cmds, number, body):
+        return web.json_response(False)
+    await cmds.node_lock(number, locked)
+    return web.json_response(True)
+
+
+async def node_lock(request: web.Request) -> web.Response:
+    return await _set_locked(request, True)
+
+
+async def node_unlock(request: web.Request) -> web.Response:
+    return await _set_locked(request, False)
+
+
+async def tasks(request: web.Request) -> web.Response:
+    limit = _limit(request, DEFAULT_TASKS)
+    return web.json_response(await request.app[COMMANDS].task_overview(limit))
+
+
+async def routes(request: web.Request) -> web.Response:
+    limit = _limit(request, DEFAULT_ROUTES)
+    return web.json_response(request.app[COMMANDS].recent_routes(limit))
+
+
+def render_page(password: str) -> str:
+    """The page shell; data comes from ``/r/*`` through ``static/admin.js``."""
+    template = (TEMPLATES / "index.html").read_text(encoding="utf-8")
+    values = {
+        "name": NAME,
+        "version": __version__,
+        "auth": "password" if password else "none",
+    }
+    for key, value in values.items():
+        template = template.replace("{{" + key + "}}", html.escape(value))
+    return template
+
+
+def build_admin_app(cmds: AdminCommands, password: str = "") -> web.Application:
+    """The admin web application; ``app.py`` serves it on its own site in the same loop."""
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=BODY_LIMIT_BYTES
+    )
+    app[COMMANDS] = cmds
+    app[PASSWORD] = password
+    app[PAGE] = render_page(password)
+    app.router.add_get("/", index)
+    app.router.add_get("/signout", signout)
+    app.router.add_get("/r/info", info)
+    app.router.add_get("/r/node/list", node_list)
+    app.router.add_post("/r/node/add", node_add)
+    app.router.add_delete("/r/node", node_delete)
+    app.router.add_post("/r/node/lock", node_lock)
+    app.router.add_post("/r/node/unlock", node_unlock)
+    app.router.add_get("/r/tasks", tasks)
+    app.router.add_get("/r/routes", routes)
+    app.router.add_static("/static/", STATIC)
+    if not password:
+        log.warning("admin web has no password (--admin-pass): keep its port on a trusted network")
+    return app
