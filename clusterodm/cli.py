@@ -26,6 +26,8 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "log-level": ("log_level", str),
     "cloud-provider": ("cloud_provider", str),
     "token": ("token", str),
+    "users": ("users_file", str),
+    "lightning-url": ("lightning_url", str),
     "upload-max-speed": ("upload_max_speed", int),
     "downloads-from-s3": ("downloads_from_s3", str),
     "no-splitmerge": ("no_splitmerge", bool),
@@ -58,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--log-level", choices=LOG_LEVELS, default=S, help="logging level (default info)")
     a("-c", "--cloud-provider", default=S, help="access provider: local | lightning")
     a("--token", default=S, help="token clients must pass (?token=) with the local provider")
+    a("--users", metavar="FILE", default=S, help="TOML file of user tokens and their limits")
+    a("--lightning-url", metavar="URL", default=S, help="token service of the lightning provider")
     a("--upload-max-speed", type=int, default=S, help="cap on upload speed to nodes, bytes/s")
     a("--downloads-from-s3", default=S, metavar="URL", help="serve downloads from this S3 URL")
     a("--no-splitmerge", action="store_true", default=S, help="refuse split-merge tasks")

@@ -42,6 +42,18 @@ class DispatchSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LightningSettings:
+    """Calls to the external token service of ``--cloud-provider lightning``."""
+
+    timeout_s: float = 15.0  # original: 15 s per call
+    cache_s: float = 15 * 60.0  # original: a validation answer is kept 15 minutes
+    validate_attempts: int = 4  # original: 10, sleeping 2 s * i between (too long for a request)
+    finished_attempts: int = 10  # original: 10
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """All settings of one cluster process."""
 
@@ -54,6 +66,12 @@ class Settings:
     log_level: str = "info"
     cloud_provider: str = "local"
     token: str = ""
+    users_file: str = ""  # TOML users file; replaces --token (per-user tokens and limits)
+    users_reload_s: float = 2.0  # how often the users file is checked for changes
+    lightning_url: str = "https://webodm.net/r"  # the lightning provider's token service
+    lightning: LightningSettings = field(default_factory=LightningSettings)
+    auth_fail_limit: int = 10  # failed tokens from one IP within the window, then 429
+    auth_fail_window_s: float = 600.0
     upload_max_speed: int | None = None  # bytes/s towards nodes, all uploads together
     downloads_from_s3: str = ""
     no_splitmerge: bool = False
@@ -94,6 +112,10 @@ class Settings:
             raise ConfigError("--flood-limit must not be negative")
         if self.cloud_provider not in ("local", "lightning"):
             raise ConfigError(f"--cloud-provider: unknown provider {self.cloud_provider!r}")
+        if self.users_file and (self.token or self.cloud_provider != "local"):
+            raise ConfigError("--users replaces --token and the lightning provider; give one")
+        if self.auth_fail_limit < 1:
+            raise ConfigError("auth_fail_limit must be at least 1")
         if self.public_address and not self.public_address.startswith(("http://", "https://")):
             raise ConfigError("--public-address must start with http:// or https://")
         return self
