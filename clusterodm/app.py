@@ -22,8 +22,12 @@ from clusterodm import __version__
 from clusterodm import log as logsetup
 from clusterodm.access.base import AccessProvider
 from clusterodm.access.flood import FloodMonitor
+from clusterodm.access.guard import FailedTokenGuard
+from clusterodm.access.lightning import LightningAccess
 from clusterodm.access.local import LocalAccess
+from clusterodm.access.users import UsersAccess
 from clusterodm.config import Settings
+from clusterodm.model import Route
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.health import HealthMonitor
 from clusterodm.nodes.ratelimit import RateLimiter
@@ -41,6 +45,7 @@ from clusterodm.store.legacy import import_legacy
 from clusterodm.store.sqlite import SqliteStore
 from clusterodm.store.staging import Staging
 from clusterodm.tasks.actions import TaskActions
+from clusterodm.tasks.concurrency import ConcurrencyGate, status_code
 from clusterodm.tasks.dispatch import Dispatcher
 from clusterodm.tasks.intake import TaskIntake
 from clusterodm.tasks.routes import RouteTable
@@ -53,7 +58,24 @@ SWEEP_EVERY_S = 3600.0
 
 
 def build_access(settings: Settings) -> AccessProvider:
+    """``--users`` (named tokens with limits), ``lightning`` (external service) or ``local``."""
+    if settings.users_file:
+        return UsersAccess(settings.users_file)
+    if settings.cloud_provider == "lightning":
+        return LightningAccess(settings.lightning_url, settings.lightning, cache=not settings.debug)
     return LocalAccess(settings.token)
+
+
+def build_concurrency(
+    registry: NodeRegistry, client: NodeClient, routes: RouteTable, table: TaskTable
+) -> ConcurrencyGate:
+    async def status_of(route: Route) -> int | None:
+        node = registry.get(route.node_key)
+        if node is None or not registry.is_online(node):
+            return None
+        return status_code(await client.task_info(node, route.uuid))
+
+    return ConcurrencyGate(table.all, routes.all, status_of)
 
 
 def build_proxy_app(deps: ProxyDeps) -> web.Application:
@@ -181,6 +203,7 @@ async def start_cluster(settings: Settings) -> Cluster:
         dispatcher,
         splitmerge=not settings.no_splitmerge,
         flood=FloodMonitor(settings.flood_limit),
+        concurrency=build_concurrency(registry, client, routes, table),
     )
     actions = TaskActions(
         registry, client, routes, table, dispatcher, intake, per_user=access.per_user
@@ -198,7 +221,10 @@ async def start_cluster(settings: Settings) -> Cluster:
         options,
         actions,
     )
+    deps.guard = FailedTokenGuard(settings.auth_fail_limit, settings.auth_fail_window_s)
     cluster = Cluster(settings, store, deps, staging)
+    if isinstance(access, LightningAccess):
+        cluster.closers.append(access.close)
     registry.listeners.append(lambda: None)
     try:
         await health.refresh_all()
@@ -206,6 +232,8 @@ async def start_cluster(settings: Settings) -> Cluster:
         if resumed:
             log.info("resuming %d unfinished dispatches", resumed)
         cluster.background(health.run(), "health")
+        if isinstance(access, UsersAccess):
+            cluster.background(access.watch(settings.users_reload_s), "users file")
         cluster.background(_every(ROUTE_FLUSH_S, routes.flush, "route flush"), "route flush")
         cluster.background(_every(SWEEP_EVERY_S, lambda: sweep(cluster), "sweep"), "sweep")
         await sweep(cluster)

@@ -363,6 +363,6 @@ class AdminCommands:
             "onlineNodes": sum(1 for v in views if v.online),
             "lockedNodes": sum(1 for v in views if v.node.locked),
             "routes": len(self.deps.routes),
-            "heldTasks": len(self.deps.table),
+            "heldTasks": len(self.deps.table.all()),
             "autoscaler": self.autoscaler is not None,
         }

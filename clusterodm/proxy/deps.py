@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from clusterodm.access.base import AccessProvider, User
+from clusterodm.access.guard import FailedTokenGuard
 from clusterodm.config import Settings
 from clusterodm.errors import NoNodeAvailable
 from clusterodm.nodes.client import NodeClient
@@ -62,6 +63,7 @@ class ProxyDeps:
     access: AccessProvider
     options: OptionsCache
     actions: TaskActions
+    guard: FailedTokenGuard = field(default_factory=lambda: FailedTokenGuard(10, 600.0))
 
 
 DEPS = web.AppKey("deps", ProxyDeps)

@@ -11,6 +11,7 @@ from clusterodm import API_VERSION
 from clusterodm.errors import NoNodeAvailable
 from clusterodm.proxy.deps import deps, user_of
 from clusterodm.proxy.forward import forward
+from clusterodm.tasks.limits import limited_options
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,21 @@ async def info(request: web.Request) -> web.Response:
 
 
 async def options(request: web.Request) -> web.Response:
+    """The reference node's list (cached 1 h) as this user may use it.
+
+    Original: the limited list cached per token for 1 h; here the node's list is cached and the
+    user's rules applied on each call (cheap), so a users-file change shows at once.
+    """
     d = deps(request)
-    return web.json_response(await d.options.get())
+    return web.json_response(limited_options(await d.options.get(), user_of(request).limits))
 
 
 async def cache_clear(request: web.Request) -> web.Response:
-    deps(request).options.clear()
+    d = deps(request)
+    d.options.clear()
+    clear = getattr(d.access, "clear_cache", None)  # providers that cache token answers
+    if callable(clear):
+        clear(user_of(request).token)
     return web.json_response({"success": True})
 
 

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from clusterodm.errors import ClusterError
+from clusterodm.access.guard import AuthUnavailable, TooManyFailures
+from clusterodm.errors import AuthError, ClusterError
 from clusterodm.proxy.deps import USER, deps
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,11 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
 
 @web.middleware
 async def token_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every request but the public ones must carry a valid ``?token=``; 401 otherwise."""
+    """Every request but the public ones must carry a valid ``?token=``; 401 otherwise.
+
+    An address that sent too many wrong tokens lately gets 429 instead, without its token being
+    checked (``access/guard.py``).
+    """
     access = deps(request).access
     token = request.query.get("token", "")
     if is_public(request.path):
@@ -92,5 +97,20 @@ async def token_middleware(request: web.Request, handler: Handler) -> web.Stream
         with contextlib.suppress(ClusterError):
             request[USER] = await access.authenticate(token)
         return await handler(request)
-    request[USER] = await access.authenticate(token)
+    guard = deps(request).guard
+    ip = request.remote or ""
+    try:
+        guard.check(ip)
+    except TooManyFailures as e:
+        return web.json_response(
+            {"error": e.message}, status=e.status, headers={"Retry-After": str(e.retry_after_s)}
+        )
+    try:
+        request[USER] = await access.authenticate(token)
+    except AuthUnavailable:
+        raise
+    except AuthError:
+        if token:
+            guard.failed(ip)
+        raise
     return await handler(request)

@@ -22,7 +22,9 @@ from clusterodm.model import StagedUpload, TaskEntry, TaskStage, TaskStatus, is_
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.store.base import Store
 from clusterodm.store.staging import Staging
-from clusterodm.tasks.options import Option, apply_splitmerge, parse_options, validate_options
+from clusterodm.tasks.concurrency import ConcurrencyGate
+from clusterodm.tasks.limits import check_options, enforce
+from clusterodm.tasks.options import Option, apply_splitmerge, parse_options
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
 
@@ -58,6 +60,7 @@ class TaskIntake:
         splitmerge: bool = True,
         flood: FloodMonitor | None = None,
         clock: Callable[[], float] = time.time,
+        concurrency: ConcurrencyGate | None = None,
     ) -> None:
         self.store = store
         self.staging = staging
@@ -70,6 +73,7 @@ class TaskIntake:
         self.splitmerge = splitmerge
         self.flood = flood or FloodMonitor(None)
         self.clock = clock
+        self.concurrency = concurrency
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -89,6 +93,7 @@ class TaskIntake:
                 raise InvalidRequest(f"Invalid set-uuid: {set_uuid}")
         else:
             uuid = str(uuidlib.uuid4())
+        await self._check_concurrency(user)
         options = await self._check_options(user, fields.get("options"))
         if self.flood.record_init(user.token):
             raise LimitExceeded(flood_message())
@@ -112,9 +117,23 @@ class TaskIntake:
         options = parse_options(raw)
         if not self.splitmerge:
             options = [o for o in options if o.get("name") != "sm-cluster"]
-        if not options:
+        if not options and not user.limits.options:
             return []
-        return validate_options(options, await self.known_options())
+        return check_options(options, await self.known_options(), user.limits)
+
+    async def _check_concurrency(self, user: User) -> None:
+        if self.concurrency is not None:
+            await self.concurrency.check(user.owner, user.limits.max_concurrent_tasks)
+
+    async def _admit(self, user: User, task: TaskEntry) -> None:
+        """Record a committed task; the concurrent-task limit is checked again under the
+        owner's lock, so two commits at once cannot both take the last place."""
+        if self.concurrency is None or user.limits.max_concurrent_tasks is None:
+            await self.table.put(task)
+            return
+        async with self.concurrency.lock(user.owner):
+            await self._check_concurrency(user)
+            await self.table.put(task)
 
     async def _upload_of(self, user: User, uuid: str) -> StagedUpload:
         upload = await self.store.get_upload(uuid) if is_valid_uuid(uuid) else None
@@ -165,8 +184,10 @@ class TaskIntake:
                 f"{images} images uploaded, but you can only process up to "
                 f"{user.limits.max_images}."
             )
+        await self._check_concurrency(user)
         await self.access.approve_task(user, images)
-        options = apply_splitmerge(upload.options, cluster_url, user.token, self.splitmerge)
+        limited = enforce(upload.options, user.limits)  # again: the limits may have changed
+        options = apply_splitmerge(limited, cluster_url, user.token, self.splitmerge)
         fields = upload.fields
         name = fields.get("name")
         task = TaskEntry(
@@ -183,7 +204,7 @@ class TaskIntake:
             images_count=images,
             output=(LAUNCHING,),
         )
-        await self.table.put(task)
+        await self._admit(user, task)
         await self.store.delete_upload(uuid)
         self.flood.record_commit(user.token)
         self.dispatcher.submit(uuid)

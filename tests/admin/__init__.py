@@ -60,9 +60,9 @@ class TelnetClient:
 async def make_task(cluster: Cluster, images: int = 2) -> str:
     """Create a task through the proxy and wait until it is routed to a node."""
     form = FormData()
+    form.add_field("name", "survey <b>north</b>")
     for i in range(images):
         form.add_field("images", b"x" * 100, filename=f"i{i}.jpg")
-    form.add_field("name", "survey <b>north</b>")
     async with aiohttp.ClientSession() as s:
         r = await s.post(f"{cluster.url}/task/new", data=form)
         uuid = (await r.json())["uuid"]
