@@ -293,6 +293,9 @@ class AdminCommands:
             "error": None,
             "accessed": self.deps.routes.accessed_ms(route.uuid),
         }
+        node = self.deps.registry.get(route.node_key)
+        if info is None and (node is None or not self.deps.registry.is_online(node)):
+            row["statusName"] = "unreachable"
         if isinstance(info, dict):
             status = info.get("status")
             code = status.get("code") if isinstance(status, dict) else None
