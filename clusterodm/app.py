@@ -47,6 +47,7 @@ from clusterodm.store.staging import Staging
 from clusterodm.tasks.actions import TaskActions
 from clusterodm.tasks.concurrency import ConcurrencyGate, status_code
 from clusterodm.tasks.dispatch import Dispatcher
+from clusterodm.tasks.failover import FailoverMonitor
 from clusterodm.tasks.intake import TaskIntake
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
@@ -97,6 +98,7 @@ class Cluster:
     store: Store
     deps: ProxyDeps
     staging: Staging
+    failover: FailoverMonitor | None = None
     runners: list[web.BaseRunner] = field(default_factory=list)
     sites: dict[str, web.TCPSite] = field(default_factory=dict)
     loops: list[asyncio.Task[None]] = field(default_factory=list)
@@ -188,8 +190,17 @@ async def start_cluster(settings: Settings) -> Cluster:
     staging = Staging(data_dir / "uploads")
     health = HealthMonitor(registry, client, settings.refresh_interval_s)
     dispatcher = Dispatcher(
-        registry, client, routes, table, staging, settings.dispatch, registry.record_failure
+        registry,
+        client,
+        routes,
+        table,
+        staging,
+        settings.dispatch,
+        on_node_failure=registry.record_failure,
+        on_waiting=health.wake,
     )
+    registry.listeners.append(dispatcher.wake)
+    failover = FailoverMonitor(registry, client, routes, table, dispatcher, settings.failover)
     access = build_access(settings)
     options = OptionsCache(registry, client, 0.0 if settings.debug else settings.options_cache_s)
     intake = TaskIntake(
@@ -204,6 +215,7 @@ async def start_cluster(settings: Settings) -> Cluster:
         splitmerge=not settings.no_splitmerge,
         flood=FloodMonitor(settings.flood_limit),
         concurrency=build_concurrency(registry, client, routes, table),
+        max_queue=settings.max_queue,
     )
     actions = TaskActions(
         registry, client, routes, table, dispatcher, intake, per_user=access.per_user
@@ -225,7 +237,7 @@ async def start_cluster(settings: Settings) -> Cluster:
     cluster = Cluster(settings, store, deps, staging)
     if isinstance(access, LightningAccess):
         cluster.closers.append(access.close)
-    registry.listeners.append(lambda: None)
+    cluster.failover = failover
     try:
         await health.refresh_all()
         resumed = await dispatcher.resume()
@@ -234,6 +246,7 @@ async def start_cluster(settings: Settings) -> Cluster:
         cluster.background(health.run(), "health")
         if isinstance(access, UsersAccess):
             cluster.background(access.watch(settings.users_reload_s), "users file")
+        cluster.background(failover.run(), "failover")
         cluster.background(_every(ROUTE_FLUSH_S, routes.flush, "route flush"), "route flush")
         cluster.background(_every(SWEEP_EVERY_S, lambda: sweep(cluster), "sweep"), "sweep")
         await sweep(cluster)
@@ -271,7 +284,7 @@ async def start_admin(cluster: Cluster) -> None:
 async def sweep(cluster: Cluster) -> None:
     """Delete stale staged uploads (original: 48 h always, plus --stale-uploads-timeout)."""
     s = cluster.settings
-    held = {t.uuid for t in cluster.deps.table.all()}
+    held = {t.uuid for t in cluster.deps.table.entries()}
     idle = s.stale_uploads_timeout_h * 3600 if s.stale_uploads_timeout_h > 0 else None
     removed = await cluster.staging.sweep(time.time(), s.stale_uploads_max_age_s, idle, held)
     for uuid in removed:

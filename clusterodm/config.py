@@ -39,6 +39,17 @@ class DispatchSettings:
     attempts: int = 5  # whole dispatch attempts, switching node when possible
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0
+    queue_poll_s: float = 2.0  # while tasks wait: how often to look for a free slot
+    keep_images_bytes: int = 20 * 1024**3  # staged images kept for failover, all tasks; 0 = off
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverSettings:
+    """When a task moves off its node."""
+
+    grace_s: float = 120.0  # a node offline this long loses its unfinished tasks
+    check_s: float = 10.0  # how often kept tasks are checked on their nodes
+    max_moves: int = 3  # a task moved this many times and failing again is FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +100,8 @@ class Settings:
     options_cache_s: float = 3600.0
     timeouts: Timeouts = field(default_factory=Timeouts)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    failover: FailoverSettings = field(default_factory=FailoverSettings)
+    max_queue: int | None = None  # tasks waiting at the proxy; None = no bound
 
     def validate(self) -> Settings:
         """Check cross-field rules; raise ConfigError naming the key."""

@@ -148,6 +148,7 @@ class TaskStage(StrEnum):
     QUEUED = "queued"  # waiting at the proxy for a free slot
     FAILED = "failed"  # dispatch gave up; kept so the client can read the error
     FINISHED = "finished"  # kept after its node went away (autoscaler teardown)
+    LANDED = "landed"  # on a node; images kept so the task can move if the node dies
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +170,7 @@ class TaskEntry:
     started_ms: int | None = None
     attempts: int = 0
     progress: float = 0.0
+    failovers: int = 0  # times the task was moved off a node that died or lost it
 
     def info_json(self, now_ms: int, with_output: int | None = None) -> dict[str, Any]:
         """The ``/task/<uuid>/info`` answer for a task the proxy holds."""

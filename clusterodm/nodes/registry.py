@@ -108,18 +108,24 @@ class NodeRegistry:
         self._turn += 1
         self._last_chosen[key] = self._turn
 
-    @contextlib.contextmanager
-    def transient(self, key: str) -> Iterator[None]:
+    def add_transient(self, key: str) -> None:
         """Count a task being forwarded to ``key`` against its slots until it lands."""
         self._transients[key] = self._transients.get(key, 0) + 1
+
+    def drop_transient(self, key: str) -> None:
+        left = self._transients.get(key, 1) - 1
+        if left <= 0:
+            self._transients.pop(key, None)
+        else:
+            self._transients[key] = left
+
+    @contextlib.contextmanager
+    def transient(self, key: str) -> Iterator[None]:
+        self.add_transient(key)
         try:
             yield
         finally:
-            left = self._transients.get(key, 1) - 1
-            if left <= 0:
-                self._transients.pop(key, None)
-            else:
-                self._transients[key] = left
+            self.drop_transient(key)
 
     # --- changing ------------------------------------------------------------------------
     async def add(

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import BodyPartReader, MultipartReader, web
 
-from clusterodm.errors import InvalidRequest
+from clusterodm.errors import InvalidRequest, NodeUnreachable
 from clusterodm.model import Node, TaskEntry, parse_line
 from clusterodm.proxy.deps import deps, user_of
 from clusterodm.proxy.forward import forward
@@ -148,23 +148,45 @@ def _int_query(request: web.Request, key: str) -> int | None:
     return parse_line(request.query.get(key))
 
 
-async def task_info(request: web.Request) -> web.StreamResponse:
+async def _ask_node(
+    request: web.Request, node: Node, path: str, uuid: str
+) -> web.StreamResponse | TaskEntry:
+    """Forward to the owning node; while it is down, a task whose images are kept is answered
+    by the proxy (still running, as far as the client knows) until failover moves it."""
     d = deps(request)
+    held = d.table.get(uuid)
+    if held is not None and not d.registry.is_online(node):
+        return held
+    try:
+        return await forward(request, d.client, node, path)
+    except NodeUnreachable:
+        d.registry.record_failure(node.key)
+        if held is None:
+            raise
+        return held
+
+
+async def task_info(request: web.Request) -> web.StreamResponse:
     uuid = request.match_info["uuid"]
     node, task = locate(request, uuid, "info")
     if node is not None:
-        return await forward(request, d.client, node, f"/task/{uuid}/info")
+        answer = await _ask_node(request, node, f"/task/{uuid}/info", uuid)
+        if not isinstance(answer, TaskEntry):
+            return answer
+        task = answer
     assert task is not None
     with_output = _int_query(request, "with_output")
     return web.json_response(task.info_json(int(time.time() * 1000), with_output))
 
 
 async def task_output(request: web.Request) -> web.StreamResponse:
-    d = deps(request)
     uuid = request.match_info["uuid"]
     node, task = locate(request, uuid, "output")
     if node is not None:
-        return await forward(request, d.client, node, f"/task/{uuid}/output")
+        answer = await _ask_node(request, node, f"/task/{uuid}/output", uuid)
+        if not isinstance(answer, TaskEntry):
+            return answer
+        task = answer
     assert task is not None
     line = parse_line(request.query.get("line"))
     return web.json_response(task.info_json(0, line)["output"])

@@ -98,7 +98,11 @@ CREATE TABLE uploads (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+_SCHEMA_V2 = """
+ALTER TABLE tasks ADD COLUMN failovers INTEGER NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 """Schema steps in order; ``MIGRATIONS[i]`` takes ``user_version`` from ``i`` to ``i + 1``.
 
 Append only: a released step is never edited, a change is a new step.
@@ -126,16 +130,17 @@ _ROUTE_COLUMNS = "uuid, node_key, owner, accessed_ms"
 
 _TASK_COLUMNS = (
     "uuid, owner, stage, status, name, date_created_ms, fields, options, images_count, output, "
-    "error_message, node_key, started_ms, attempts, progress"
+    "error_message, node_key, started_ms, attempts, progress, failovers"
 )
 _PUT_TASK = f"""
-INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (uuid) DO UPDATE SET
     owner = excluded.owner, stage = excluded.stage, status = excluded.status,
     name = excluded.name, date_created_ms = excluded.date_created_ms, fields = excluded.fields,
     options = excluded.options, images_count = excluded.images_count, output = excluded.output,
     error_message = excluded.error_message, node_key = excluded.node_key,
-    started_ms = excluded.started_ms, attempts = excluded.attempts, progress = excluded.progress
+    started_ms = excluded.started_ms, attempts = excluded.attempts, progress = excluded.progress,
+    failovers = excluded.failovers
 """
 
 _UPLOAD_COLUMNS = "uuid, owner, fields, options, created_ms, last_upload_ms, files"
@@ -219,6 +224,7 @@ def _task_row(task: TaskEntry) -> tuple[Any, ...]:
         task.started_ms,
         task.attempts,
         task.progress,
+        task.failovers,
     )
 
 
@@ -239,6 +245,7 @@ def _task_from_row(row: Sequence[Any]) -> TaskEntry:
         started_ms=row[12],
         attempts=row[13],
         progress=row[14],
+        failovers=row[15],
     )
 
 

@@ -15,8 +15,8 @@ from clusterodm.errors import NodeError, TaskNotFound
 from clusterodm.model import ANY_UUID_RE, Node, TaskEntry, TaskStage, TaskStatus
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
-from clusterodm.tasks.dispatch import Dispatcher
-from clusterodm.tasks.intake import LAUNCHING, TaskIntake
+from clusterodm.tasks.dispatch import LAUNCHING, Dispatcher
+from clusterodm.tasks.intake import TaskIntake
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
 
@@ -97,6 +97,8 @@ class TaskActions:
             raise
         if action == "remove" and answer.get("success") is True:
             await self.routes.delete(uuid)
+            if self.table.get(uuid) is not None:
+                await self.dispatcher.release_images(uuid)
         return answer
 
     async def _held(self, action: str, task: TaskEntry) -> dict[str, Any]:

@@ -1,10 +1,15 @@
 """Dispatcher: owns every dispatch job, forwarding a committed task to a node.
 
-A job runs init (``set-uuid`` = the task's uuid, so it never changes) -> parallel uploads with
-retries -> commit, on the best node; on failure it backs off and retries, switching to another
-node when one exists. The task-table entry is written before each step, so after a crash
-``resume`` starts every unfinished job again from the staged files. Jobs are owned here: a
-client leaving never cancels one; ``close`` cancels and awaits them all.
+A job first gets a node: a free slot on a static node, or a new machine from the autoscaler
+(``NodeProvisioner``), or else it waits in the proxy's queue (status QUEUED, its position in the
+output) until the fair scheduler grants it one. Then it runs init (``set-uuid`` = the task's
+uuid, so it never changes) -> parallel uploads with retries -> commit; on failure it backs off
+and retries, switching to another node when one exists. The task-table entry is written before
+each step, so after a crash ``resume`` starts every unfinished job again from the staged files.
+Jobs are owned here: a client leaving never cancels one; ``close`` cancels and awaits them all.
+
+Original: a task that finds no free slot is pushed onto a full node anyway, or fails; here it
+waits at the proxy, survives restarts, and is sent as soon as a slot frees up.
 """
 
 from __future__ import annotations
@@ -12,23 +17,54 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 from clusterodm.config import DispatchSettings
-from clusterodm.errors import NodeError, NodeRejected, NodeUnreachable
+from clusterodm.errors import CloudError, LimitExceeded, NodeError, NodeRejected, NodeUnreachable
 from clusterodm.model import Node, TaskEntry, TaskStage, TaskStatus
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.store.staging import Staging
+from clusterodm.tasks.queue import Waiting, fair_order, position
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
 
 log = logging.getLogger(__name__)
 
-PENDING = (TaskStage.COMMITTED, TaskStage.DISPATCHING)
+PENDING = (TaskStage.COMMITTED, TaskStage.DISPATCHING, TaskStage.QUEUED)
+LAUNCHING = "Launching... please wait! This can take a few minutes."
+
+
+class NodeProvisioner(Protocol):
+    """The autoscaler, as the dispatcher sees it."""
+
+    def reserve(self, images: int) -> object | None:
+        """Claim room for one new machine able to take ``images``; None if not allowed now."""
+
+    def release(self, claim: object) -> None:
+        """Give back a claim that was not used."""
+
+    async def provision(self, claim: object, uuid: str, images: int) -> Node:
+        """Create the machine, wait for its node to come online, register it; CloudError."""
+
+    async def discard(self, node_key: str) -> None:
+        """Destroy an auto-spawned node that could not take its task."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A grant of a new machine instead of a slot on an existing node."""
+
+    claim: object
+
+
+Grant = Node | Claim
 
 
 class Dispatcher:
@@ -41,6 +77,7 @@ class Dispatcher:
         staging: Staging,
         settings: DispatchSettings,
         on_node_failure: Callable[[str], Any] | None = None,
+        on_waiting: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
@@ -50,9 +87,16 @@ class Dispatcher:
         self.staging = staging
         self.settings = settings
         self.on_node_failure = on_node_failure
+        self.on_waiting = on_waiting
         self.clock = clock
+        self.provisioner: NodeProvisioner | None = None
+        self.may_start: Callable[[str], bool] | None = None
         self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._waiting: dict[str, tuple[Waiting, asyncio.Future[Grant]]] = {}
+        self._seq = 0
+        self._kept_bytes: dict[str, int] = {}
 
+    # --- jobs ----------------------------------------------------------------------------
     def submit(self, uuid: str) -> None:
         """Start forwarding ``uuid`` (idempotent while a job runs)."""
         job = self._jobs.get(uuid)
@@ -73,10 +117,14 @@ class Dispatcher:
     async def resume(self) -> int:
         """After a restart: start again every task that was committed but not yet on a node."""
         count = 0
-        for task in self.table.all():
+        for task in self.table.entries():  # oldest first, so the queue keeps its order
             if task.stage in PENDING:
                 self.submit(task.uuid)
                 count += 1
+            elif task.stage is TaskStage.LANDED:
+                self._kept_bytes[task.uuid] = await asyncio.to_thread(
+                    _size_of, self.staging.files(task.uuid)
+                )
         return count
 
     async def cancel(self, uuid: str) -> bool:
@@ -98,6 +146,100 @@ class Dispatcher:
         await asyncio.gather(*jobs, return_exceptions=True)
         self._jobs.clear()
 
+    # --- the queue -----------------------------------------------------------------------
+    def queue_length(self) -> int:
+        return len(self._waiting)
+
+    def queue_order(self) -> list[Waiting]:
+        return fair_order(w for w, _ in self._waiting.values())
+
+    def check_room(self, limit: int | None) -> None:
+        """Refuse a new task when the queue is at ``--max-queue``."""
+        if limit is not None and len(self._waiting) >= limit:
+            raise LimitExceeded(
+                f"The cluster's queue is full ({limit} tasks waiting). Try again later."
+            )
+
+    def wake(self) -> None:
+        """Something changed (a slot freed, a node came online): grant what can be granted."""
+        for w in self.queue_order():
+            _, fut = self._waiting[w.uuid]
+            if fut.done() or (self.may_start is not None and not self.may_start(w.owner)):
+                continue
+            node = self._free_node(w.images, set())
+            if node is not None:
+                self.registry.add_transient(node.key)
+                fut.set_result(node)
+                continue
+            claim = self.provisioner.reserve(w.images) if self.provisioner else None
+            if claim is not None:
+                fut.set_result(Claim(claim))
+
+    def _free_node(self, images: int, exclude: set[str]) -> Node | None:
+        return self.registry.best(images, require_slot=True, exclude=exclude) or self.registry.best(
+            images, require_slot=True
+        )
+
+    async def _acquire(self, task: TaskEntry, exclude: set[str]) -> Grant:
+        """A node with a free slot (reserved for us), a machine claim, or wait in the queue."""
+        mine = self.may_start is None or self.may_start(task.owner)
+        if not self._waiting and mine:
+            node = self._free_node(task.images_count, exclude)
+            if node is not None:
+                self.registry.add_transient(node.key)
+                return node
+            claim = self.provisioner.reserve(task.images_count) if self.provisioner else None
+            if claim is not None:
+                return Claim(claim)
+        fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        self._waiting[task.uuid] = (
+            Waiting(task.uuid, task.owner, task.images_count, self._seq),
+            fut,
+        )
+        try:
+            self.wake()
+            shown = (-1, -1)
+            while not fut.done():
+                place = (position(self.queue_order(), task.uuid), len(self._waiting))
+                if place != shown:
+                    shown = place
+                    await self._show_queued(task.uuid, *place)
+                if self.on_waiting is not None:
+                    self.on_waiting()
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), self.settings.queue_poll_s)
+                except TimeoutError:
+                    self.wake()
+            return fut.result()
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._give_back(fut.result())
+            raise
+        finally:
+            self._waiting.pop(task.uuid, None)
+
+    def _give_back(self, grant: Grant) -> None:
+        if isinstance(grant, Claim):
+            if self.provisioner is not None:
+                self.provisioner.release(grant.claim)
+        else:
+            self.registry.drop_transient(grant.key)
+
+    async def _show_queued(self, uuid: str, place: int, total: int) -> None:
+        line = f"Queued at the cluster: position {place} of {total}, waiting for a free node."
+        task = self.table.get(uuid)
+        if task is None:
+            return
+        output = tuple(x for x in task.output if not x.startswith("Queued at the cluster"))
+        await self.table.update(
+            uuid,
+            stage=TaskStage.QUEUED,
+            status=TaskStatus.QUEUED,
+            output=(*output, line),
+        )
+
+    # --- dispatch --------------------------------------------------------------------------
     def _backoff(self, attempt: int) -> float:
         base = self.settings.backoff_base_s * (2 ** (attempt - 1))
         return min(self.settings.backoff_max_s, base) * (0.5 + random.random() / 2)
@@ -118,43 +260,54 @@ class Dispatcher:
         if task is None or task.stage not in PENDING:
             return
         tried: set[str] = set()
-        if task.stage is TaskStage.DISPATCHING and task.node_key:
-            # Interrupted mid-forward: that node may hold half an upload under this uuid, and a
-            # re-init there would keep the old files beside the new ones. Prefer another node.
-            if await self._already_on(task.node_key, uuid):
+        if task.node_key:
+            # Interrupted mid-forward, or moved off a dead node: prefer another node. The old
+            # one may hold half an upload under this uuid, and a re-init there would keep the
+            # old files beside the new ones.
+            if task.stage is TaskStage.DISPATCHING and await self._already_on(task.node_key, uuid):
                 await self._landed(task, task.node_key)
                 return
             tried.add(task.node_key)
         last_error = "no node available"
         for attempt in range(1, self.settings.attempts + 1):
-            node = self.registry.best(task.images_count, exclude=tried) or self.registry.best(
-                task.images_count
-            )
-            if node is None:
-                last_error = f"No node can process {task.images_count} images right now."
-            else:
+            grant = await self._acquire(task, tried)
+            task = self.table.get(uuid) or task
+            node: Node | None = None
+            try:
+                if isinstance(grant, Claim):
+                    node = await self._provision(task, grant)
+                else:
+                    node = grant
                 self.registry.choose(node.key)
                 task = (
                     await self.table.update(
                         uuid,
                         stage=TaskStage.DISPATCHING,
+                        status=TaskStatus.RUNNING,
                         node_key=node.key,
                         attempts=task.attempts + 1,
+                        output=tuple(
+                            x for x in task.output if not x.startswith("Queued at the cluster")
+                        ),
                     )
                     or task
                 )
-                try:
-                    with self.registry.transient(node.key):
-                        await self._send(node, task)
-                except NodeError as e:
-                    last_error = e.message
+                await self._send(node, task)
+            except (NodeError, CloudError) as e:
+                last_error = e.message
+                log.warning("task %s: forwarding failed: %s", uuid, e.message)
+                if node is not None:
                     tried.add(node.key)
-                    log.warning("task %s: forwarding to %s failed: %s", uuid, node.key, e.message)
                     if isinstance(e, NodeUnreachable) and self.on_node_failure:
                         self.on_node_failure(node.key)
-                else:
-                    await self._landed(task, node.key)
-                    return
+                    if node.auto_spawned and self.provisioner is not None:
+                        await self.provisioner.discard(node.key)
+            else:
+                await self._landed(task, node.key)
+                return
+            finally:
+                if isinstance(grant, Node):
+                    self.registry.drop_transient(grant.key)
             if attempt < self.settings.attempts:
                 await asyncio.sleep(self._backoff(attempt))
                 task = self.table.get(uuid) or task
@@ -166,6 +319,13 @@ class Dispatcher:
             output=(*task.output, f"Could not start the task: {last_error}"),
         )
         log.error("task %s: gave up dispatching: %s", uuid, last_error)
+
+    async def _provision(self, task: TaskEntry, grant: Claim) -> Node:
+        assert self.provisioner is not None
+        await self.table.say(
+            task.uuid, "Starting a new processing node for this task.", stage=TaskStage.DISPATCHING
+        )
+        return await self.provisioner.provision(grant.claim, task.uuid, task.images_count)
 
     async def _already_on(self, node_key: str, uuid: str) -> bool:
         node = self.registry.get(node_key)
@@ -186,7 +346,7 @@ class Dispatcher:
             raise NodeRejected("staged images are missing", node.key, no_retry=True)
         sem = asyncio.Semaphore(self.settings.parallel_uploads)
 
-        async def send_one(path: Any) -> None:
+        async def send_one(path: Path) -> None:
             async with sem:
                 for attempt in range(1, self.settings.upload_retries + 1):
                     try:
@@ -206,15 +366,49 @@ class Dispatcher:
                     tg.create_task(send_one(path))
         except ExceptionGroup as eg:
             first = eg.exceptions[0]
-            raise (
-                first if isinstance(first, NodeError) else NodeRejected(str(first), node.key)
-            ) from eg
+            if isinstance(first, NodeError):
+                raise first from eg
+            raise NodeRejected(str(first), node.key) from eg
         await self.client.commit(node, task.uuid)
 
     async def _landed(self, task: TaskEntry, node_key: str) -> None:
-        """The node has the task: store the route first, then drop the entry and files."""
+        """The node has the task: store the route first, then keep or drop the images."""
         await self.routes.add(task.uuid, node_key, task.owner)
         self.registry.bump_queue(node_key)
-        await self.table.delete(task.uuid)
-        await self.staging.remove(task.uuid)
+        if await self._keep(task.uuid):
+            await self.table.update(
+                task.uuid, stage=TaskStage.LANDED, status=TaskStatus.RUNNING, node_key=node_key
+            )
+        else:
+            await self.table.delete(task.uuid)
+            await self.staging.remove(task.uuid)
         log.info("task %s forwarded to %s", task.uuid, node_key)
+        self.wake()
+
+    async def _keep(self, uuid: str) -> bool:
+        """Keep the images for failover while the disk budget allows."""
+        budget = self.settings.keep_images_bytes
+        if budget <= 0:
+            return False
+        size = await asyncio.to_thread(_size_of, self.staging.files(uuid))
+        if sum(self._kept_bytes.values()) + size > budget:
+            log.info("task %s: images not kept for failover (disk budget reached)", uuid)
+            return False
+        self._kept_bytes[uuid] = size
+        return True
+
+    async def release_images(self, uuid: str) -> None:
+        """The task no longer needs its images (done on its node, or given up)."""
+        self._kept_bytes.pop(uuid, None)
+        await self.table.delete(uuid)
+        await self.staging.remove(uuid)
+
+
+def _size_of(files: list[Path]) -> int:
+    total = 0
+    for f in files:
+        try:
+            total += os.stat(f).st_size
+        except OSError:
+            pass
+    return total

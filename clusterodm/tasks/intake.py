@@ -23,6 +23,7 @@ from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.store.base import Store
 from clusterodm.store.staging import Staging
 from clusterodm.tasks.concurrency import ConcurrencyGate
+from clusterodm.tasks.dispatch import LAUNCHING
 from clusterodm.tasks.limits import check_options, enforce
 from clusterodm.tasks.options import Option, apply_splitmerge, parse_options
 from clusterodm.tasks.routes import RouteTable
@@ -31,11 +32,12 @@ from clusterodm.tasks.table import TaskTable
 log = logging.getLogger(__name__)
 
 INIT_FIELDS = ("name", "options", "skipPostProcessing", "webhook", "outputs", "dateCreated")
-LAUNCHING = "Launching... please wait!"
 
 
 class DispatchSink(Protocol):
     def submit(self, uuid: str) -> None: ...
+
+    def check_room(self, limit: int | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,7 @@ class TaskIntake:
         dispatcher: DispatchSink,
         splitmerge: bool = True,
         flood: FloodMonitor | None = None,
+        max_queue: int | None = None,
         clock: Callable[[], float] = time.time,
         concurrency: ConcurrencyGate | None = None,
     ) -> None:
@@ -72,6 +75,7 @@ class TaskIntake:
         self.dispatcher = dispatcher
         self.splitmerge = splitmerge
         self.flood = flood or FloodMonitor(None)
+        self.max_queue = max_queue
         self.clock = clock
         self.concurrency = concurrency
 
@@ -184,6 +188,7 @@ class TaskIntake:
                 f"{images} images uploaded, but you can only process up to "
                 f"{user.limits.max_images}."
             )
+        self.dispatcher.check_room(self.max_queue)
         await self._check_concurrency(user)
         await self.access.approve_task(user, images)
         limited = enforce(upload.options, user.limits)  # again: the limits may have changed

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from clusterodm.model import TaskEntry
+from clusterodm.model import TaskEntry, TaskStage
 from clusterodm.store.base import Store
 
 
@@ -24,6 +24,15 @@ class TaskTable:
         return self._tasks.get(uuid)
 
     def all(self) -> list[TaskEntry]:
+        """Tasks the proxy answers for: not those already on a node (stage LANDED)."""
+        return [t for t in self._tasks.values() if t.stage is not TaskStage.LANDED]
+
+    def landed(self) -> list[TaskEntry]:
+        """Tasks on a node whose images are kept for failover."""
+        return [t for t in self._tasks.values() if t.stage is TaskStage.LANDED]
+
+    def entries(self) -> list[TaskEntry]:
+        """Every entry, oldest first."""
         return list(self._tasks.values())
 
     def __len__(self) -> int:
