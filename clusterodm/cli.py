@@ -7,6 +7,7 @@ No logic beyond parsing lives here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -39,6 +40,10 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "asr": ("asr", str),
     "debug": ("debug", bool),
     "data-dir": ("data_dir", Path),
+    "max-queue": ("max_queue", int),
+    "failover-grace": ("failover.grace_s", float),
+    "failover-retries": ("failover.max_moves", int),
+    "keep-images-gb": ("dispatch.keep_images_bytes", lambda gb: int(float(gb) * 1024**3)),
 }
 
 
@@ -79,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     a("--asr", default=S, metavar="FILE", help="autoscaler configuration (JSON)")
     a("--debug", action="store_true", default=S, help="disable caches")
     a("--data-dir", default=S, help="where state and staged uploads live (default ./data)")
+    a("--max-queue", type=int, default=S, help="tasks allowed to wait at the proxy (no bound)")
+    a(
+        "--failover-grace",
+        type=float,
+        default=S,
+        metavar="SECONDS",
+        help="a node offline this long loses its unfinished tasks to other nodes (120)",
+    )
+    a("--failover-retries", type=int, default=S, help="moves allowed per task (default 3)")
+    a(
+        "--keep-images-gb",
+        type=float,
+        default=S,
+        metavar="GB",
+        help="disk kept for images of running tasks, for failover; 0 = off (default 20)",
+    )
     a("--version", action="version", version=f"ClusterODM {__version__}")
     return p
 
@@ -128,7 +149,23 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         key = dest.replace("_", "-")
         name, converted = _convert(key, value)
         values[name] = converted
-    return Settings(**values).validate()
+    return _build(values)
+
+
+def _build(values: dict[str, Any]) -> Settings:
+    """Settings from flat values; ``part.field`` names fill the nested settings groups."""
+    nested: dict[str, dict[str, Any]] = {}
+    flat: dict[str, Any] = {}
+    for name, value in values.items():
+        if "." in name:
+            part, field_name = name.split(".", 1)
+            nested.setdefault(part, {})[field_name] = value
+        else:
+            flat[name] = value
+    base = Settings()
+    for part, changes in nested.items():
+        flat[part] = dataclasses.replace(getattr(base, part), **changes)
+    return Settings(**flat).validate()
 
 
 def main(argv: list[str] | None = None) -> None:

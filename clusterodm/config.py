@@ -121,6 +121,12 @@ class Settings:
             raise ConfigError("--secure-port needs --ssl-key and --ssl-cert")
         if self.upload_max_speed is not None and self.upload_max_speed <= 0:
             raise ConfigError("--upload-max-speed must be a positive number of bytes per second")
+        if self.max_queue is not None and self.max_queue < 0:
+            raise ConfigError("--max-queue must not be negative")
+        if self.failover.grace_s < 0 or self.failover.max_moves < 0:
+            raise ConfigError("--failover-grace and --failover-retries must not be negative")
+        if self.dispatch.keep_images_bytes < 0:
+            raise ConfigError("--keep-images-gb must not be negative")
         if self.flood_limit is not None and self.flood_limit < 0:
             raise ConfigError("--flood-limit must not be negative")
         if self.cloud_provider not in ("local", "lightning"):

@@ -132,3 +132,23 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
         parse_settings(["--ssl-key", "k.pem"])
     defaults = parse_settings([])
     assert (defaults.port, defaults.admin_cli_port, defaults.admin_web_port) == (3000, 8080, 10000)
+
+
+def test_queue_and_failover_flags() -> None:
+    s = parse_settings(
+        [
+            "--max-queue",
+            "7",
+            "--failover-grace",
+            "30",
+            "--failover-retries",
+            "1",
+            "--keep-images-gb",
+            "0.5",
+        ]
+    )
+    assert s.max_queue == 7
+    assert (s.failover.grace_s, s.failover.max_moves) == (30.0, 1)
+    assert s.dispatch.keep_images_bytes == 512 * 1024**2
+    with pytest.raises(ConfigError, match="max-queue"):
+        parse_settings(["--max-queue", "-1"])
