@@ -26,6 +26,7 @@ from clusterodm.access.guard import FailedTokenGuard
 from clusterodm.access.lightning import LightningAccess
 from clusterodm.access.local import LocalAccess
 from clusterodm.access.users import UsersAccess
+from clusterodm.autoscale import AsrConfig, Autoscaler, load_asr_config, make_provider
 from clusterodm.config import Settings
 from clusterodm.model import Route
 from clusterodm.nodes.client import NodeClient
@@ -40,6 +41,7 @@ from clusterodm.proxy.middleware import (
     errors_middleware,
     token_middleware,
 )
+from clusterodm.results import S3Access, S3Downloads, check_bucket
 from clusterodm.store.base import Store
 from clusterodm.store.legacy import import_legacy
 from clusterodm.store.sqlite import SqliteStore
@@ -168,8 +170,68 @@ async def _every(interval_s: float, work: Callable[[], Awaitable[Any]], what: st
             log.exception("%s failed", what)
 
 
+def build_s3_downloads(settings: Settings, asr: AsrConfig) -> S3Downloads | None:
+    """``--downloads-from-s3`` or the autoscaler's bucket; presigned links for private ACLs."""
+    s3 = asr.s3
+    base = settings.downloads_from_s3 or (s3.downloads_base_url if s3 is not None else "")
+    if not base:
+        return None
+    if s3 is None or s3.public:
+        return S3Downloads(base)
+    return S3Downloads(base, _s3_access(asr))
+
+
+def _s3_access(asr: AsrConfig) -> S3Access | None:
+    s3 = asr.s3
+    if s3 is None:
+        return None
+    region = str(asr.get("s3.region", "") or "")
+    return S3Access(
+        s3.endpoint_url, s3.bucket, s3.access_key, s3.secret_key, not s3.ignore_ssl, region
+    )
+
+
+async def start_autoscaler(cluster: Cluster, asr: AsrConfig) -> Autoscaler:
+    """Build the autoscaler, check its provider and S3, plug it into dispatch and admin."""
+    d = cluster.deps
+    s3 = _s3_access(asr)
+
+    def public_url() -> str:
+        if cluster.settings.public_address:
+            return cluster.settings.public_address
+        port = cluster.port if "proxy" in cluster.sites else cluster.settings.port
+        return f"http://127.0.0.1:{port}"
+
+    async def check_s3() -> None:
+        if s3 is not None:
+            await asyncio.to_thread(check_bucket, s3)
+
+    autoscaler = Autoscaler(
+        asr,
+        make_provider(asr),
+        d.registry,
+        d.client,
+        d.routes,
+        d.table,
+        cluster.store,
+        public_url,
+        release_images=d.dispatcher.release_images,
+        check_s3=check_s3,
+    )
+    autoscaler.downloads = build_s3_downloads(cluster.settings, asr)
+    await autoscaler.start()
+    cluster.closers.append(autoscaler.close)
+    d.dispatcher.provisioner = autoscaler
+    cluster.extra["autoscaler"] = autoscaler
+    cluster.background(autoscaler.run(), "autoscaler vacuum")
+    if not cluster.settings.public_address and asr.provider not in ("local", "slurm"):
+        log.warning("autoscaler: set --public-address so cloud nodes can reach /commit")
+    return autoscaler
+
+
 async def start_cluster(settings: Settings) -> Cluster:
     """Build and start everything; the caller owns ``stop()``."""
+    asr = load_asr_config(settings.asr) if settings.asr else None
     data_dir = settings.data_dir
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     store = SqliteStore(data_dir / "clusterodm.db")
@@ -240,6 +302,8 @@ async def start_cluster(settings: Settings) -> Cluster:
     cluster.failover = failover
     try:
         await health.refresh_all()
+        if asr is not None:
+            await start_autoscaler(cluster, asr)
         resumed = await dispatcher.resume()
         if resumed:
             log.info("resuming %d unfinished dispatches", resumed)

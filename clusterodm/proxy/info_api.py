@@ -8,7 +8,8 @@ import logging
 from aiohttp import web
 
 from clusterodm import API_VERSION
-from clusterodm.errors import NoNodeAvailable
+from clusterodm.access.base import User
+from clusterodm.errors import ClusterError, NoNodeAvailable
 from clusterodm.proxy.deps import deps, user_of
 from clusterodm.proxy.forward import forward
 from clusterodm.tasks.limits import limited_options
@@ -78,6 +79,17 @@ async def commit_webhook(request: web.Request) -> web.Response:
     if not isinstance(uuid, str):
         return web.json_response({"error": "uuid missing"})
     log.info("task %s finished on its node (webhook)", uuid)
+    d = deps(request)
+    route = d.routes.get(uuid)
+    if route is not None:
+        user = User(token=request.query.get("token", ""), owner=route.owner)
+        try:
+            await d.access.task_finished(user, uuid)
+        except ClusterError as e:
+            log.error("task %s: cannot report it finished: %s", uuid, e.message)
+    autoscaler = d.dispatcher.provisioner
+    if autoscaler is not None and hasattr(autoscaler, "on_commit"):
+        await autoscaler.on_commit(uuid)  # tears its auto-spawned node down a little later
     return web.json_response({"ok": True})
 
 

@@ -17,7 +17,7 @@ from clusterodm.errors import InvalidRequest, NodeUnreachable
 from clusterodm.model import Node, TaskEntry, parse_line
 from clusterodm.proxy.deps import deps, user_of
 from clusterodm.proxy.forward import forward
-from clusterodm.results import s3_asset_url
+from clusterodm.results import S3Downloads, s3_asset_url
 from clusterodm.tasks.intake import FilePart
 
 MAX_FIELD_BYTES = 1 << 20
@@ -196,6 +196,9 @@ async def task_download(request: web.Request) -> web.StreamResponse:
     d = deps(request)
     uuid, asset = request.match_info["uuid"], request.match_info["asset"]
     node, _ = locate(request, uuid, "download")
+    links = getattr(d.dispatcher.provisioner, "downloads", None)
+    if isinstance(links, S3Downloads):  # the autoscaler's bucket; presigned if private
+        raise web.HTTPFound(links.url(uuid, asset))
     if d.settings.downloads_from_s3:
         raise web.HTTPFound(s3_asset_url(d.settings.downloads_from_s3, uuid, asset))
     if node is not None:
