@@ -35,9 +35,16 @@ def asr_cluster(
 ) -> AsrClusterFactory:
     """A cluster with a locked reference node (so every task needs a new machine) and --asr."""
 
-    async def make(config: dict[str, Any], **overrides: Any) -> Cluster:
-        path = tmp_path / f"asr{len(list(tmp_path.glob('asr*.json')))}.json"
+    count = [0]
+
+    def write(config: dict[str, Any]) -> Path:
+        count[0] += 1
+        path = tmp_path / f"asr{count[0]}.json"
         path.write_text(json.dumps(config))
+        return path
+
+    async def make(config: dict[str, Any], **overrides: Any) -> Cluster:
+        path = write(config)
         ref = await simnode_factory()
         cluster = await cluster_factory([ref], asr=str(path), **overrides)
         await cluster.registry.set_locked(cluster.registry.nodes()[0].key, True)
