@@ -1,0 +1,1 @@
+"""Benchmarks of the cluster against simulated nodes: ``python -m bench [--quick]``."""

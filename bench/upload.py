@@ -1,0 +1,108 @@
+"""Upload client, run as its own process: a task of N images, as pyodm sends it.
+
+``/task/new/init``, then every image in its own ``/task/new/upload`` request (``--parallel``
+at once, pyodm's default is 10), ``/task/new/commit``, then polls ``/task/<uuid>/info`` until the
+task runs on a node. Prints JSON: seconds from the first upload byte to the first answer showing
+the task RUNNING (or already COMPLETED), and the upload's share of it.
+
+    python -m bench.upload URL --images 200 --size 2000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+RUNNING, FAILED, COMPLETED, CANCELED = 20, 30, 40, 50
+
+
+async def run_upload(url: str, images: int, size: int, parallel: int, token: str) -> dict[str, Any]:
+    query = {"token": token} if token else {}
+    body = b"\xff\xd8\xff\xe0" + os.urandom(size - 4)
+    connector = aiohttp.TCPConnector(limit=parallel + 2)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        form = aiohttp.FormData(default_to_multipart=True)
+        form.add_field("name", "bench upload")
+        async with http.post(f"{url}/task/new/init", data=form, params=query) as response:
+            answer = await response.json(content_type=None)
+        uuid = answer.get("uuid")
+        if not uuid:
+            raise RuntimeError(f"init refused: {answer}")
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(images):
+            queue.put_nowait(i)
+
+        async def uploader() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                data = aiohttp.FormData()
+                data.add_field(
+                    "images", body, filename=f"IMG_{i:04d}.JPG", content_type="image/jpeg"
+                )
+                async with http.post(
+                    f"{url}/task/new/upload/{uuid}", data=data, params=query
+                ) as response:
+                    reply = await response.json(content_type=None)
+                if reply != {"success": True}:
+                    raise RuntimeError(f"upload refused: {reply}")
+
+        started = time.monotonic()
+        await asyncio.gather(*(uploader() for _ in range(parallel)))
+        uploaded = time.monotonic()
+        async with http.post(f"{url}/task/new/commit/{uuid}", params=query) as response:
+            reply = await response.json(content_type=None)
+        if reply.get("uuid") != uuid:
+            raise RuntimeError(f"commit refused: {reply}")
+        committed = time.monotonic()
+        polls = 0
+        while True:
+            async with http.get(f"{url}/task/{uuid}/info", params=query) as response:
+                info = await response.json(content_type=None)
+            polls += 1
+            code = (info.get("status") or {}).get("code")
+            if code in (RUNNING, COMPLETED):
+                break
+            if code in (FAILED, CANCELED) or "error" in info:
+                raise RuntimeError(f"task did not start: {info}")
+            if time.monotonic() - started > 1800:
+                raise RuntimeError("task did not start within 30 minutes")
+            await asyncio.sleep(0.02)
+        running = time.monotonic()
+    return {
+        "uuid": uuid,
+        "images": images,
+        "bytes": images * size,
+        "seconds": running - started,
+        "upload_s": uploaded - started,
+        "commit_s": committed - uploaded,
+        "to_running_s": running - committed,
+        "polls": polls,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url")
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--size", type=int, default=2_000_000)
+    parser.add_argument("--parallel", type=int, default=10)
+    parser.add_argument("--token", default="")
+    args = parser.parse_args(argv)
+    result = asyncio.run(
+        run_upload(args.url.rstrip("/"), args.images, args.size, args.parallel, args.token)
+    )
+    json.dump(result, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
