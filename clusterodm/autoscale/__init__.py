@@ -9,6 +9,7 @@ from __future__ import annotations
 from clusterodm.autoscale.autoscaler import Autoscaler, vacuum_reason
 from clusterodm.autoscale.base import CloudProvider, Machine, MachineSize, MachineSpec
 from clusterodm.autoscale.config import AsrConfig, S3Config, load_asr_config, parse_asr_config
+from clusterodm.errors import CloudError
 
 __all__ = [
     "AsrConfig",
@@ -48,6 +49,4 @@ def make_provider(config: AsrConfig) -> CloudProvider:
         from clusterodm.autoscale.digitalocean import DigitalOceanProvider
 
         return DigitalOceanProvider(config)
-    from clusterodm.autoscale.scaleway import ScalewayProvider
-
-    return ScalewayProvider(config)
+    raise CloudError(f"provider {name!r}: not available in this version (see docs/autoscaling.md)")
