@@ -40,7 +40,9 @@ from clusterodm import __version__
 from clusterodm.admin.commands import NAME, AdminCommands, NodeOutOfRange
 from clusterodm.admin.telnet import password_matches
 from clusterodm.errors import ClusterError
+from clusterodm.metrics import Metrics
 
+METRICS = web.AppKey("metrics", Metrics)
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
@@ -249,7 +251,15 @@ def render_page(password: str) -> str:
     return template
 
 
-def build_admin_app(cmds: AdminCommands, password: str = "") -> web.Application:
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text, behind the admin password like the rest of this port."""
+    body, content_type = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def build_admin_app(
+    cmds: AdminCommands, password: str = "", metrics_source: Metrics | None = None
+) -> web.Application:
     """The admin web application; ``app.py`` serves it on its own site in the same loop."""
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=BODY_LIMIT_BYTES
@@ -268,6 +278,9 @@ def build_admin_app(cmds: AdminCommands, password: str = "") -> web.Application:
     app.router.add_get("/r/tasks", tasks)
     app.router.add_get("/r/routes", routes)
     app.router.add_static("/static/", STATIC)
+    if metrics_source is not None:
+        app[METRICS] = metrics_source
+        app.router.add_get("/metrics", metrics)
     if not password:
         log.warning("admin web has no password (--admin-pass): keep its port on a trusted network")
     return app

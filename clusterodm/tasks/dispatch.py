@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from clusterodm.config import DispatchSettings
 from clusterodm.errors import CloudError, LimitExceeded, NodeError, NodeRejected, NodeUnreachable
+from clusterodm.metrics import Metrics
 from clusterodm.model import Node, TaskEntry, TaskStage, TaskStatus
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
@@ -95,6 +96,7 @@ class Dispatcher:
         self._waiting: dict[str, tuple[Waiting, asyncio.Future[Grant]]] = {}
         self._seq = 0
         self._kept_bytes: dict[str, int] = {}
+        self.metrics: Metrics | None = None
 
     # --- jobs ----------------------------------------------------------------------------
     def submit(self, uuid: str) -> None:
@@ -192,6 +194,7 @@ class Dispatcher:
             if claim is not None:
                 return Claim(claim)
         fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+        queued_at = time.monotonic()
         self._seq += 1
         self._waiting[task.uuid] = (
             Waiting(task.uuid, task.owner, task.images_count, self._seq),
@@ -211,6 +214,8 @@ class Dispatcher:
                     await asyncio.wait_for(asyncio.shield(fut), self.settings.queue_poll_s)
                 except TimeoutError:
                     self.wake()
+            if self.metrics is not None:
+                self.metrics.queue_wait_seconds.observe(time.monotonic() - queued_at)
             return fut.result()
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
@@ -292,9 +297,16 @@ class Dispatcher:
                     )
                     or task
                 )
+                started = time.monotonic()
                 await self._send(node, task)
+                if self.metrics is not None:
+                    self.metrics.dispatch_seconds.observe(time.monotonic() - started)
+                    self.metrics.dispatches.inc()
             except (NodeError, CloudError) as e:
                 last_error = e.message
+                if self.metrics is not None:
+                    reason = "cloud" if isinstance(e, CloudError) else type(e).__name__
+                    self.metrics.dispatch_failures.labels(reason).inc()
                 log.warning("task %s: forwarding failed: %s", uuid, e.message)
                 if node is not None:
                     tried.add(node.key)
@@ -311,6 +323,8 @@ class Dispatcher:
             if attempt < self.settings.attempts:
                 await asyncio.sleep(self._backoff(attempt))
                 task = self.table.get(uuid) or task
+        if self.metrics is not None:
+            self.metrics.dispatch_failures.labels("gave_up").inc()
         await self.table.update(
             uuid,
             stage=TaskStage.FAILED,

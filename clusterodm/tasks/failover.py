@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from clusterodm.config import FailoverSettings
 from clusterodm.errors import NodeError, NodeRejected
+from clusterodm.metrics import Metrics
 from clusterodm.model import TaskEntry, TaskStage, TaskStatus
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
@@ -48,6 +49,7 @@ class FailoverMonitor:
         self.clock = clock
         self._offline_since: dict[str, float] = {}
         self.moves = 0
+        self.metrics: Metrics | None = None
 
     async def check_once(self) -> None:
         landed = self.table.landed()
@@ -115,6 +117,8 @@ class FailoverMonitor:
         await self.routes.delete(task.uuid)
         self.dispatcher.submit(task.uuid)
         self.moves += 1
+        if self.metrics is not None:
+            self.metrics.failovers.inc()
         log.warning("task %s: %s; moving it (move %d)", task.uuid, why, moves)
 
     async def run(self) -> None:
