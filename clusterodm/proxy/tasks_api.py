@@ -68,14 +68,19 @@ async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
 
 
 async def _image_parts(
-    reader: MultipartReader, first: BodyPartReader | None = None
+    reader: MultipartReader,
+    first: BodyPartReader | None = None,
+    fields: dict[str, str] | None = None,
 ) -> AsyncIterator[FilePart]:
+    """The files of a multipart body; text parts go to ``fields`` when given, else are skipped."""
     part = first or await _next_part(reader)
     while part is not None:
         if part.filename is not None:
             if part.name != "images":
                 raise InvalidRequest("Unexpected field")
             yield FilePart(part.filename, _part_chunks(part))
+        elif fields is not None and part.name:
+            fields[part.name] = await _read_field(part)
         else:
             await part.release()
         part = await _next_part(reader)
@@ -130,7 +135,10 @@ async def task_new(request: web.Request) -> web.Response:
         raise InvalidRequest("Need at least 1 file or a zip file url.")
     uuid = await d.intake.init(user, fields, request.headers.get("set-uuid"))
     try:
-        await d.intake.upload(user, uuid, _image_parts(reader, part))
+        late: dict[str, str] = {}
+        await d.intake.upload(user, uuid, _image_parts(reader, part, late))
+        if late:
+            await d.intake.amend(user, uuid, late)
         await d.intake.commit(user, uuid, cluster_url(request))
     except BaseException:
         await d.intake.abandon(uuid)

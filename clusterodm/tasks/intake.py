@@ -8,6 +8,7 @@ dispatcher.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid as uuidlib
@@ -111,6 +112,16 @@ class TaskIntake:
         await self.store.put_upload(StagedUpload(uuid, user.owner, kept, options, now, now, files))
         log.info("task %s initialised", uuid)
         return uuid
+
+    async def amend(self, user: User, uuid: str, fields: Mapping[str, str]) -> None:
+        """Fields that came after the files in a single-request ``/task/new`` (NodeODM takes
+        fields in any order)."""
+        upload = await self._upload_of(user, uuid)
+        merged = {**upload.fields, **{k: str(v) for k, v in fields.items() if k in INIT_FIELDS}}
+        options = upload.options
+        if "options" in fields:
+            options = await self._check_options(user, fields["options"])
+        await self.store.put_upload(dataclasses.replace(upload, fields=merged, options=options))
 
     async def abandon(self, uuid: str) -> None:
         """Forget an upload and its staged files (removed task, failed single-request create)."""

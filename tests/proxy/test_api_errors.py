@@ -197,3 +197,19 @@ async def test_task_list_holds_cluster_tasks(
         await eventually(lambda: cluster.deps.routes.get(u) is not None)
         listed = await (await s.get(f"{cluster.url}/task/list")).json()
     assert {"uuid": u} in listed
+
+
+async def test_task_new_takes_fields_after_files(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
+) -> None:
+    sim = await simnode_factory()
+    cluster = await cluster_factory([sim])
+    f = FormData()
+    f.add_field("images", b"x" * 10, filename="a.jpg")
+    f.add_field("name", "named late")
+    f.add_field("options", json.dumps([{"name": "dsm", "value": True}]))
+    async with aiohttp.ClientSession() as s:
+        uuid = (await (await s.post(f"{cluster.url}/task/new", data=f)).json())["uuid"]
+    await eventually(lambda: uuid in sim.tasks)
+    assert sim.tasks[uuid].name == "named late"
+    assert {"name": "dsm", "value": True} in sim.tasks[uuid].options
