@@ -165,6 +165,15 @@ class Proc:
                 self.popen.wait()
 
 
+def cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (nan when unknown)."""
+    if pid is None:
+        return float("nan")
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
     with open(f"/proc/{pid}/status", encoding="ascii") as status:
         for line in status:
@@ -370,7 +379,12 @@ class Context:
     cluster_url: str = ""
     uuid: str = ""
     proxy: Proxy | None = None
+    node_pid: int | None = None
     external: bool = False
+
+    @property
+    def proxy_pid(self) -> int | None:
+        return self.proxy.proc.pid if self.proxy is not None else None
 
 
 def bench_generator(ctx: Context, figures: dict[str, Any]) -> None:
@@ -391,9 +405,17 @@ def bench_throughput(ctx: Context, figures: dict[str, Any]) -> None:
     direct_url = _with_token(f"{ctx.node_url}/task/{ctx.uuid}/info", "")
     proxy_url = _with_token(f"{ctx.cluster_url}/task/{ctx.uuid}/info", ctx.token)
     direct, proxied = [], []
+    node_cpu, proxy_cpu = [], []
     for _ in range(p.runs):
+        before = cpu_s(ctx.node_pid)
         direct.append(get_load([direct_url], p.concurrency, seconds=p.rps_seconds))
+        node_cpu.append((cpu_s(ctx.node_pid) - before) / max(1, direct[-1]["requests"]))
+        before = cpu_s(ctx.proxy_pid)
         proxied.append(get_load([proxy_url], p.concurrency, seconds=p.rps_seconds))
+        proxy_cpu.append((cpu_s(ctx.proxy_pid) - before) / max(1, proxied[-1]["requests"]))
+    # CPU per request, the figure least disturbed by other work on the machine
+    figures["node_cpu_us_per_request"] = median(node_cpu) * 1e6
+    figures["cluster_cpu_us_per_request"] = median(proxy_cpu) * 1e6
     figures["info_rps_direct"] = median([r["requests_per_s"] for r in direct])
     figures["info_rps_cluster"] = median([r["requests_per_s"] for r in proxied])
     figures["info_rps_ratio"] = figures["info_rps_cluster"] / figures["info_rps_direct"]
@@ -661,6 +683,11 @@ def render(figures: dict[str, Any], table: list[Goal]) -> str:
             f"{figures.get('generator_cpu_direct', 0):.0%} direct, "
             f"{figures.get('generator_cpu_cluster', 0):.0%} through the cluster."
         )
+    if figures.get("cluster_cpu_us_per_request"):
+        lines.append(
+            f"CPU per GET /task/<uuid>/info: cluster {figures['cluster_cpu_us_per_request']:.0f}"
+            f" us, node {figures['node_cpu_us_per_request']:.0f} us."
+        )
     return "\n".join(lines)
 
 
@@ -684,6 +711,9 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "aiohttp": aiohttp.__version__,
         "uvloop": uv,
+        "cluster_loop": "asyncio"
+        if uv is None or os.environ.get("CLUSTERODM_LOOP", "").lower() == "asyncio"
+        else "uvloop",
     }
 
 
@@ -737,6 +767,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 node, ctx.node_url = start_simnode("--zip-size", str(profile.zip_size))
                 procs.append(node)
+                ctx.node_pid = node.pid
                 ctx.uuid = asyncio.run(_make_task(ctx.node_url, set_uuid=str(uuidlib.uuid4())))
                 port = _port(ctx.node_url)
                 proxy = start_proxy(work, "main", [port], routes_for([ctx.uuid], [port], 10))

@@ -8,6 +8,7 @@ Must not import use cases or the HTTP edge.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -42,6 +43,9 @@ class NodeClient:
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
+            # one session serves every user: a cookie set by a node must not follow the next
+            # user's request, and skipping the jar saves work on every forwarded request
+            cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
         )
 
@@ -63,6 +67,13 @@ class NodeClient:
         if node.token:
             params["token"] = node.token
         return URL(node.base_url + path).with_query(params)
+
+    @functools.cached_property
+    def stream_timeout(self) -> aiohttp.ClientTimeout:
+        """For forwarded requests: no total, an idle limit on reads (built once)."""
+        return aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeouts.connect_s, sock_read=self.timeouts.stream_read_s
+        )
 
     def _api_timeout(self, total_s: float | None = None) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(

@@ -39,7 +39,8 @@ REQUEST_HEADERS = frozenset(
     {"range", "if-range", "if-none-match", "if-modified-since", "accept", "content-type"}
 )
 SMALL_BODY = 1 << 20
-CHUNK = 256 * 1024
+#: how much of a streamed answer may wait in the proxy before the node is paused
+READ_BUFFER = 1 << 20
 
 
 def _response_headers(upstream: Mapping[str, str]) -> CIMultiDict[str]:
@@ -61,16 +62,17 @@ async def forward(
 ) -> web.StreamResponse:
     """Send ``request`` to ``node`` at ``path`` and relay the answer."""
     headers = {k: v for k, v in request.headers.items() if k.lower() in REQUEST_HEADERS}
-    timeout = aiohttp.ClientTimeout(
-        total=None,
-        sock_connect=client.timeouts.connect_s,
-        sock_read=client.timeouts.stream_read_s,
-    )
     url = client.url(node, path, request.query)
     data = request.content if with_body and request.body_exists else None
     try:
         upstream = await client.session.request(
-            request.method, url, headers=headers, data=data, timeout=timeout, allow_redirects=False
+            request.method,
+            url,
+            headers=headers,
+            data=data,
+            timeout=client.stream_timeout,
+            allow_redirects=False,
+            read_bufsize=READ_BUFFER,
         )
     except (aiohttp.ClientError, TimeoutError, OSError) as e:
         raise NodeUnreachable(f"Node {node.key} is not reachable ({e or type(e).__name__})") from e
@@ -91,7 +93,8 @@ async def forward(
             stream.content_length = length
         await stream.prepare(request)
         try:
-            async for chunk in upstream.content.iter_chunked(CHUNK):
+            # chunks as they arrived, never joined into bigger ones (no extra copy)
+            async for chunk, _ in upstream.content.iter_chunks():
                 await stream.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as e:
             # The stream has started: nothing sensible can be sent now but a broken connection.
