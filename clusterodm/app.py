@@ -54,6 +54,7 @@ from clusterodm.tasks.concurrency import ConcurrencyGate, status_code
 from clusterodm.tasks.dispatch import Dispatcher
 from clusterodm.tasks.failover import FailoverMonitor
 from clusterodm.tasks.intake import TaskIntake
+from clusterodm.tasks.pipeline import UploadPipelines
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
 
@@ -305,6 +306,14 @@ async def start_cluster(settings: Settings) -> Cluster:
     if isinstance(access, LightningAccess):
         cluster.closers.append(access.close)
     cluster.failover = failover
+    if settings.dispatch.early_forwarding:
+        pipelines = UploadPipelines(
+            registry, client, settings.dispatch, lambda: dispatcher.queue_length() == 0, store
+        )
+        intake.pipelines = dispatcher.pipelines = pipelines
+        dispatcher.store = store
+        cluster.closers.append(pipelines.close_all)
+        cluster.background(_every(60.0, pipelines.expire, "pipeline expiry"), "pipelines")
     watch(cluster)
     try:
         await health.refresh_all()

@@ -41,6 +41,7 @@ class DispatchSettings:
     backoff_max_s: float = 30.0
     queue_poll_s: float = 2.0  # while tasks wait: how often to look for a free slot
     keep_images_bytes: int = 20 * 1024**3  # staged images kept for failover, all tasks; 0 = off
+    early_forwarding: bool = True  # send images on to a free node while the client uploads
 
 
 @dataclass(frozen=True, slots=True)

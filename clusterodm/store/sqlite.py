@@ -494,6 +494,9 @@ class SqliteStore:
             )
         )
 
+    async def delete_meta(self, key: str) -> None:
+        await self._write(lambda c: c.execute("DELETE FROM meta WHERE key = ?", (key,)))
+
     # --- plumbing ---
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:

@@ -20,7 +20,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +31,9 @@ from clusterodm.metrics import Metrics
 from clusterodm.model import Node, TaskEntry, TaskStage, TaskStatus
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
+from clusterodm.store.base import Store
 from clusterodm.store.staging import Staging
+from clusterodm.tasks.pipeline import PIPELINE_META, UploadPipelines
 from clusterodm.tasks.queue import Waiting, fair_order, position
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
@@ -40,6 +42,13 @@ log = logging.getLogger(__name__)
 
 PENDING = (TaskStage.COMMITTED, TaskStage.DISPATCHING, TaskStage.QUEUED)
 LAUNCHING = "Launching... please wait! This can take a few minutes."
+
+
+def node_fields(fields: Mapping[str, Any], options: list[dict[str, Any]]) -> dict[str, str]:
+    """The init fields as a node receives them."""
+    out = {k: str(v) for k, v in fields.items() if k != "options"}
+    out["options"] = json.dumps(options)
+    return out
 
 
 class NodeProvisioner(Protocol):
@@ -97,6 +106,8 @@ class Dispatcher:
         self._seq = 0
         self._kept_bytes: dict[str, int] = {}
         self.metrics: Metrics | None = None
+        self.pipelines: UploadPipelines | None = None
+        self.store: Store | None = None  # for the records of early-forwarded uploads
 
     # --- jobs ----------------------------------------------------------------------------
     def submit(self, uuid: str) -> None:
@@ -131,6 +142,8 @@ class Dispatcher:
 
     async def cancel(self, uuid: str) -> bool:
         """Stop a running job; True if there was one."""
+        if self.pipelines is not None:
+            await self.pipelines.close(uuid)
         job = self._jobs.pop(uuid, None)
         if job is None or job.done():
             return False
@@ -265,6 +278,11 @@ class Dispatcher:
         if task is None or task.stage not in PENDING:
             return
         tried: set[str] = set()
+        if self.pipelines is not None and uuid in self.pipelines:
+            landed = await self._finish_pipeline(task)
+            if landed:
+                return
+            task = self.table.get(uuid) or task
         if task.node_key:
             # Interrupted mid-forward, or moved off a dead node: prefer another node. The old
             # one may hold half an upload under this uuid, and a re-init there would keep the
@@ -334,6 +352,33 @@ class Dispatcher:
         )
         log.error("task %s: gave up dispatching: %s", uuid, last_error)
 
+    async def _finish_pipeline(self, task: TaskEntry) -> bool:
+        """The images went on to a node while they arrived: send the rest and commit there."""
+        assert self.pipelines is not None
+        node_key = task.node_key or ""
+        await self.table.update(task.uuid, stage=TaskStage.DISPATCHING, attempts=task.attempts + 1)
+        started = time.monotonic()
+        try:
+            node = await self.pipelines.finish(
+                task.uuid, self.staging.files(task.uuid), node_fields(task.fields, task.options)
+            )
+        except NodeError as e:
+            log.warning(
+                "task %s: early forwarding to %s failed: %s", task.uuid, node_key, e.message
+            )
+            if self.metrics is not None:
+                self.metrics.dispatch_failures.labels(type(e).__name__).inc()
+            return False
+        if self.metrics is not None:
+            self.metrics.dispatch_seconds.observe(time.monotonic() - started)
+            self.metrics.dispatches.inc()
+        self.registry.choose(node.key)
+        try:
+            await self._landed(task, node.key)
+        finally:
+            self.registry.drop_transient(node.key)
+        return True
+
     async def _provision(self, task: TaskEntry, grant: Claim) -> Node:
         assert self.provisioner is not None
         await self.table.say(
@@ -351,13 +396,26 @@ class Dispatcher:
             return False
         return info.get("uuid") == uuid
 
+    async def _already_sent(self, node: Node, uuid: str) -> set[str]:
+        """Images an early-forwarding pipeline already put on ``node`` under ``uuid``."""
+        if self.store is None:
+            return set()
+        raw = await self.store.get_meta(PIPELINE_META + uuid)
+        try:
+            record = json.loads(raw) if raw else {}
+        except ValueError:
+            return set()
+        if not isinstance(record, dict) or record.get("node") != node.key:
+            return set()
+        return {str(n) for n in record.get("sent", [])}
+
     async def _send(self, node: Node, task: TaskEntry) -> None:
-        fields = {k: v for k, v in task.fields.items() if k != "options"}
-        fields["options"] = json.dumps(task.options)
-        await self.client.init_task(node, task.uuid, fields)
-        files = self.staging.files(task.uuid)
-        if not files:
+        await self.client.init_task(node, task.uuid, node_fields(task.fields, task.options))
+        all_files = self.staging.files(task.uuid)
+        if not all_files:
             raise NodeRejected("staged images are missing", node.key, no_retry=True)
+        sent = await self._already_sent(node, task.uuid)
+        files = [f for f in all_files if f.name not in sent]
         sem = asyncio.Semaphore(self.settings.parallel_uploads)
 
         async def send_one(path: Path) -> None:
@@ -388,6 +446,8 @@ class Dispatcher:
     async def _landed(self, task: TaskEntry, node_key: str) -> None:
         """The node has the task: store the route first, then keep or drop the images."""
         await self.routes.add(task.uuid, node_key, task.owner)
+        if self.store is not None:
+            await self.store.delete_meta(PIPELINE_META + task.uuid)
         self.registry.bump_queue(node_key)
         if await self._keep(task.uuid):
             await self.table.update(

@@ -9,6 +9,7 @@ dispatcher.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 import uuid as uuidlib
@@ -24,9 +25,10 @@ from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.store.base import Store
 from clusterodm.store.staging import Staging
 from clusterodm.tasks.concurrency import ConcurrencyGate
-from clusterodm.tasks.dispatch import LAUNCHING
+from clusterodm.tasks.dispatch import LAUNCHING, node_fields
 from clusterodm.tasks.limits import check_options, enforce
 from clusterodm.tasks.options import Option, apply_splitmerge, parse_options
+from clusterodm.tasks.pipeline import PIPELINE_META, UploadPipelines
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
 
@@ -77,6 +79,7 @@ class TaskIntake:
         self.splitmerge = splitmerge
         self.flood = flood or FloodMonitor(None)
         self.max_queue = max_queue
+        self.pipelines: UploadPipelines | None = None
         self.clock = clock
         self.concurrency = concurrency
 
@@ -127,6 +130,9 @@ class TaskIntake:
         """Forget an upload and its staged files (removed task, failed single-request create)."""
         await self.store.delete_upload(uuid)
         await self.staging.remove(uuid)
+        if self.pipelines is not None:
+            await self.pipelines.close(uuid)
+            await self.store.delete_meta(PIPELINE_META + uuid)
 
     async def _check_options(self, user: User, raw: Any) -> list[Option]:
         options = parse_options(raw)
@@ -165,12 +171,15 @@ class TaskIntake:
         upload = await self._upload_of(user, uuid)
         saved: list[str] = []
         max_images = user.limits.max_images
+        pipelines = await self._pipeline_for(upload)
         async for part in parts:
             if not self.splitmerge and part.filename.lower() == "seed.zip":
                 raise InvalidRequest("Split-merge is disabled on this cluster: seed.zip refused.")
             if max_images is not None and self.staging.count(uuid) >= max_images:
                 raise LimitExceeded(f"You can only upload up to {max_images} images.")
             saved.append(await self.staging.save(uuid, part.filename, part.chunks))
+            if pipelines is not None:
+                pipelines.file_saved(uuid, self.staging.path(uuid) / saved[-1])
         if not saved:
             raise InvalidRequest("Need at least 1 file.")
         latest = await self.store.get_upload(uuid) or upload
@@ -186,6 +195,32 @@ class TaskIntake:
             )
         )
         return len(saved)
+
+    async def _pipeline_for(self, upload: StagedUpload) -> UploadPipelines | None:
+        """Forward this upload's images while they arrive, when a node is free for it now.
+
+        Never twice for one upload: after a restart the node of a lost pipeline may hold part
+        of the images under this uuid, so that upload takes the ordinary path instead.
+        """
+        pipelines = self.pipelines
+        if pipelines is None:
+            return None
+        if upload.uuid in pipelines:
+            return pipelines
+        key = PIPELINE_META + upload.uuid
+        if await self.store.get_meta(key) is not None:
+            return None
+        pipe = await pipelines.open(upload.uuid, node_fields(upload.fields, upload.options))
+        return pipelines if pipe is not None else None
+
+    async def _pipeline_node(self, uuid: str) -> str | None:
+        """The node this upload was forwarded to early, if any (recorded in the store)."""
+        raw = await self.store.get_meta(PIPELINE_META + uuid)
+        try:
+            node = json.loads(raw).get("node") if raw else None
+        except (ValueError, AttributeError):
+            return None
+        return node if isinstance(node, str) else None
 
     async def commit(self, user: User, uuid: str, cluster_url: str) -> str:
         upload = await self._upload_of(user, uuid)
@@ -219,6 +254,7 @@ class TaskIntake:
             options=options,
             images_count=images,
             output=(LAUNCHING,),
+            node_key=await self._pipeline_node(uuid),
         )
         await self._admit(user, task)
         await self.store.delete_upload(uuid)

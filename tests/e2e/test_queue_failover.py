@@ -48,7 +48,7 @@ async def info(s: aiohttp.ClientSession, url: str, uuid: str) -> dict[str, Any]:
 async def test_full_cluster_queues_then_runs_in_order(
     simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
 ) -> None:
-    sim = await simnode_factory(test_seconds=0.6, parallel=1)
+    sim = await simnode_factory(test_seconds=2, parallel=1)
     cluster = await cluster_factory([sim], **FAST)
     async with aiohttp.ClientSession() as s:
         uuids = [await new_task(s, cluster.url) for _ in range(3)]
@@ -70,7 +70,7 @@ async def test_full_cluster_queues_then_runs_in_order(
             codes = [(await info(s, cluster.url, u))["status"]["code"] for u in uuids]
             return codes == [40, 40, 40]
 
-        await eventually(all_done, timeout_s=20, message="all three completed")
+        await eventually(all_done, timeout_s=30, message="all three completed")
         started = [sim.tasks[u].date_created for u in uuids]
         assert started == sorted(started), "dispatched in arrival order"
 
