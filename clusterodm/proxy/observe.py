@@ -1,9 +1,11 @@
-"""Counts every proxied request for ``/metrics``: route template, status, bytes in and out."""
+"""Counts every proxied request for ``/metrics`` (route template, status, bytes in and out) and
+names the task it is about in the request's log lines."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from clusterodm import log as logctx
 from clusterodm.metrics import Metrics
 from clusterodm.proxy.middleware import Handler
 
@@ -13,6 +15,9 @@ METRICS = web.AppKey("metrics", Metrics)
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = request.app[METRICS]
+    uuid = request.match_info.get("uuid")
+    if uuid:
+        logctx.task_uuid.set(uuid[:64])  # this request's own context: log lines name the task
     status = 500
     response: web.StreamResponse | None = None
     try:

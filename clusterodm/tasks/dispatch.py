@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from clusterodm import log as logctx
 from clusterodm.config import DispatchSettings
 from clusterodm.errors import CloudError, LimitExceeded, NodeError, NodeRejected, NodeUnreachable
 from clusterodm.metrics import Metrics
@@ -263,6 +264,7 @@ class Dispatcher:
         return min(self.settings.backoff_max_s, base) * (0.5 + random.random() / 2)
 
     async def _run(self, uuid: str) -> None:
+        logctx.task_uuid.set(uuid)  # this job runs in its own context: every line names the task
         try:
             await self._dispatch(uuid)
         except asyncio.CancelledError:
@@ -302,6 +304,7 @@ class Dispatcher:
                 else:
                     node = grant
                 self.registry.choose(node.key)
+                logctx.node_key.set(node.key)
                 task = (
                     await self.table.update(
                         uuid,
