@@ -174,30 +174,32 @@ async def _ask_node(
         return held
 
 
-async def task_info(request: web.Request) -> web.StreamResponse:
+async def _node_answer_or_entry(
+    request: web.Request, action: str
+) -> web.StreamResponse | TaskEntry:
+    """The owning node's answer to ``/task/<uuid>/<action>``, or the entry the proxy holds."""
     uuid = request.match_info["uuid"]
-    node, task = locate(request, uuid, "info")
+    node, task = locate(request, uuid, action)
     if node is not None:
-        answer = await _ask_node(request, node, f"/task/{uuid}/info", uuid)
-        if not isinstance(answer, TaskEntry):
-            return answer
-        task = answer
+        return await _ask_node(request, node, f"/task/{uuid}/{action}", uuid)
     assert task is not None
+    return task
+
+
+async def task_info(request: web.Request) -> web.StreamResponse:
+    answer = await _node_answer_or_entry(request, "info")
+    if not isinstance(answer, TaskEntry):
+        return answer
     with_output = _int_query(request, "with_output")
-    return web.json_response(task.info_json(int(time.time() * 1000), with_output))
+    return web.json_response(answer.info_json(int(time.time() * 1000), with_output))
 
 
 async def task_output(request: web.Request) -> web.StreamResponse:
-    uuid = request.match_info["uuid"]
-    node, task = locate(request, uuid, "output")
-    if node is not None:
-        answer = await _ask_node(request, node, f"/task/{uuid}/output", uuid)
-        if not isinstance(answer, TaskEntry):
-            return answer
-        task = answer
-    assert task is not None
+    answer = await _node_answer_or_entry(request, "output")
+    if not isinstance(answer, TaskEntry):
+        return answer
     line = parse_line(request.query.get("line"))
-    return web.json_response(task.info_json(0, line)["output"])
+    return web.json_response(answer.info_json(0, line)["output"])
 
 
 async def task_download(request: web.Request) -> web.StreamResponse:
