@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -314,8 +315,8 @@ def get_load(urls: list[str], concurrency: int, *, seconds: float = 0, requests:
     return loadgen(*args)
 
 
-def upload(url: str, profile: Profile, token: str) -> dict[str, Any]:
-    args = ["--images", str(profile.images), "--size", str(profile.image_size)]
+def upload(url: str, profile: Profile, token: str, node: str) -> dict[str, Any]:
+    args = ["--images", str(profile.images), "--size", str(profile.image_size), "--node", node]
     if token:
         args += ["--token", token]
     out = subprocess.run(
@@ -483,8 +484,8 @@ def bench_upload(ctx: Context, figures: dict[str, Any]) -> None:
             cluster_url = proxy.url
         direct, proxied = [], []
         for _ in range(p.runs):
-            direct.append(upload(node_url, p, ""))
-            proxied.append(upload(cluster_url, p, ctx.token))
+            direct.append(upload(node_url, p, "", node_url))
+            proxied.append(upload(cluster_url, p, ctx.token, node_url))
     finally:
         if proxy is not None:
             proxy.stop()
@@ -812,6 +813,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="FILE", help="where to write the JSON results")
     parser.add_argument("--only", nargs="*", help="run only steps whose name holds one of these")
     args = parser.parse_args(argv)
+    # stopped from outside: still stop the nodes and clusters started here
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.target and not args.node:
         parser.error("--target needs --node: the node the cluster forwards to (the baseline)")
     result = run_suite(args)

@@ -61,6 +61,9 @@ from clusterodm.tasks.table import TaskTable
 log = logging.getLogger(__name__)
 
 ROUTE_FLUSH_S = 30.0
+#: connections waiting to be accepted; aiohttp's 128 drops connects when a thousand pollers
+#: start at once, and a dropped SYN costs the client seconds (the kernel caps it at somaxconn)
+LISTEN_BACKLOG = 2048
 SWEEP_EVERY_S = 3600.0
 
 
@@ -136,7 +139,9 @@ class Cluster:
         runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
         await runner.setup()
         self.runners.append(runner)
-        site = web.TCPSite(runner, self.settings.bind, port, ssl_context=ssl_context)
+        site = web.TCPSite(
+            runner, self.settings.bind, port, ssl_context=ssl_context, backlog=LISTEN_BACKLOG
+        )
         await site.start()
         self.sites[name] = site
         return site
@@ -413,7 +418,7 @@ async def serve(settings: Settings) -> None:
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop when it is installed (the ``fast`` extra), else asyncio's own.
 
-    uvloop takes about a third off the proxy's cost per forwarded request (docs/performance.md).
+    uvloop takes about 5% off the proxy's CPU per forwarded request (docs/performance.md).
     ``CLUSTERODM_LOOP=asyncio`` keeps asyncio's loop even when uvloop is there.
     """
     if os.environ.get("CLUSTERODM_LOOP", "").lower() == "asyncio":

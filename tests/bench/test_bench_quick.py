@@ -6,12 +6,18 @@ end and writes valid JSON holding every figure.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
+
+from clusterodm.proxy import forward
+from tests.conftest import ClusterFactory, SimnodeFactory
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,3 +65,46 @@ def test_quick_suite_runs_and_reports_every_figure(tmp_path: Path) -> None:
     assert len(result["goals"]) == 7
     assert all(g["ok"] is not None for g in result["goals"])
     assert "measured" in done.stdout
+
+
+async def test_large_download_through_the_cluster_is_the_nodes_bytes(
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Large answers are relayed around Python (splice on Linux): same bytes, ranges, and the
+    connection stays usable for the next request."""
+    spliced: list[int] = []
+    relay = forward._splice_loop
+
+    def counting(src: int, dst: int, remaining: int, idle_s: float) -> None:
+        spliced.append(remaining)
+        relay(src, dst, remaining, idle_s)
+
+    monkeypatch.setattr(forward, "_splice_loop", counting)
+    sim = await simnode_factory(zip_size=20_000_000)
+    cluster = await cluster_factory([sim])
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{cluster.url}/task/new/init") as r:
+            uuid = (await r.json())["uuid"]
+        form = aiohttp.FormData()
+        form.add_field("images", b"\xff\xd8" + bytes(1024), filename="IMG_0001.JPG")
+        async with s.post(f"{cluster.url}/task/new/upload/{uuid}", data=form) as r:
+            assert await r.json() == {"success": True}
+        async with s.post(f"{cluster.url}/task/new/commit/{uuid}") as r:
+            assert (await r.json())["uuid"] == uuid
+        for _ in range(200):
+            async with s.get(f"{cluster.url}/task/{uuid}/info") as r:
+                if (await r.json()).get("status", {}).get("code") == 40:
+                    break
+            await asyncio.sleep(0.05)
+        for headers in ({}, {"Range": "bytes=1000-15000000"}, {"Range": "bytes=5-9"}):
+            got = []
+            for base in (sim.url, cluster.url):
+                async with s.get(f"{base}/task/{uuid}/download/all.zip", headers=headers) as r:
+                    got.append((r.status, r.headers.get("Content-Length"), await r.read()))
+            assert got[0] == got[1], headers
+        async with s.get(f"{cluster.url}/task/{uuid}/info") as r:
+            assert (await r.json())["uuid"] == uuid
+    if hasattr(os, "splice"):
+        assert len(spliced) == 2
