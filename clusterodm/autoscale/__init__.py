@@ -49,4 +49,8 @@ def make_provider(config: AsrConfig) -> CloudProvider:
         from clusterodm.autoscale.digitalocean import DigitalOceanProvider
 
         return DigitalOceanProvider(config)
+    if name == "scaleway":
+        from clusterodm.autoscale.scaleway import ScalewayProvider
+
+        return ScalewayProvider(config)
     raise CloudError(f"provider {name!r}: not available in this version (see docs/autoscaling.md)")

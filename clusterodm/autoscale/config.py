@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "organization": CHANGEME,
         "secretToken": CHANGEME,
         "accessKey": "",
+        "project": "",  # ours: the organization's default project unless set
         "s3": {**_S3_KEYS, "ignoreSSL": False},
         "machinesLimit": -1,
         "region": "fr-par-1",
@@ -134,6 +136,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 S3_REQUIRED = ("s3.accessKey", "s3.secretKey", "s3.endpoint", "s3.bucket")
 LIMIT_KEYS = {"aws": "instanceLimit", "digitalocean": "dropletsLimit"}
 REGION_KEYS = {"hetzner": "location"}
+SCALEWAY_ZONES = {"par1": "fr-par-1", "ams1": "nl-ams-1"}  # the original's docker-machine names
+_ZONE = re.compile(r"^[a-z]{2}-[a-z]{3}-[1-9]$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 SECRET_KEYS = (
     "accessKey",
     "secretKey",
@@ -282,6 +287,8 @@ def parse_asr_config(data: Any) -> AsrConfig:
         regions = regions if isinstance(regions, list) and regions else ["local"]
     if not isinstance(regions, list) or not regions or not all(isinstance(r, str) for r in regions):
         raise ConfigError(f"--asr: {region_key} must be a name or a list of names")
+    if provider == "scaleway":
+        regions = _scaleway_checks(raw, regions)
 
     limit = raw.get(LIMIT_KEYS.get(provider, "machinesLimit"), -1)
     if "machinesLimit" in data:
@@ -323,6 +330,19 @@ def parse_asr_config(data: Any) -> AsrConfig:
         retry_delay_s=max(0.0, _num(raw, "createRetryDelay")),
         secrets=secrets,
     )
+
+
+def _scaleway_checks(raw: dict[str, Any], zones: list[str]) -> list[str]:
+    """Zones in Scaleway's form (the original's ``par1``/``ams1`` translated); ids are UUIDs."""
+    zones = [SCALEWAY_ZONES.get(z, z) for z in zones]
+    for zone in zones:
+        if not _ZONE.match(zone):
+            raise ConfigError(f"--asr: region: {zone!r} is not a Scaleway zone (e.g. fr-par-1)")
+    for key in ("organization", "secretToken", "project"):
+        value = raw.get(key)
+        if value and (not isinstance(value, str) or not _UUID.match(value)):
+            raise ConfigError(f"--asr: {key} must be a Scaleway id (a UUID)")
+    return zones
 
 
 def _s3(provider: str, raw: dict[str, Any]) -> S3Config | None:
