@@ -253,7 +253,8 @@ class AdminCommands:
         now = _now_ms()
         for task in sorted(self.deps.table.all(), key=lambda t: -t.date_created_ms)[:limit]:
             rows.append(self._held_row(task, now))
-        routes = self._recent(None, max(0, limit - len(rows)))
+        held = {row["uuid"] for row in rows}  # a task just landing is in both for a moment
+        routes = [r for r in self._recent(None, max(0, limit - len(rows))) if r.uuid not in held]
         infos = await self._node_infos(routes)
         for route, info in zip(routes, infos, strict=True):
             rows.append(self._routed_row(route, info))

@@ -5,6 +5,7 @@ Each handler turns HTTP into a call on the intake, the dispatcher or the owning 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from clusterodm.tasks.intake import FilePart
 
 MAX_FIELD_BYTES = 1 << 20
 PART_CHUNK = 256 * 1024
+UPLOAD_IDLE_S = 30.0
 
 
 def cluster_url(request: web.Request) -> str:
@@ -51,7 +53,16 @@ async def _read_field(part: BodyPartReader) -> str:
 
 
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(PART_CHUNK):
+    """A file's bytes; an upload that stalls is dropped (original: idle sockets after 30 s)."""
+    while True:
+        try:
+            chunk = await asyncio.wait_for(part.read_chunk(PART_CHUNK), UPLOAD_IDLE_S)
+        except TimeoutError:
+            raise InvalidRequest(
+                f"Upload stalled: nothing received for {UPLOAD_IDLE_S:.0f} s"
+            ) from None
+        if not chunk:
+            return
         yield chunk
 
 
@@ -219,13 +230,8 @@ async def task_download(request: web.Request) -> web.StreamResponse:
 
 
 async def task_list(request: web.Request) -> web.Response:
-    """This token's tasks: those the proxy holds, then those on nodes."""
-    d, user = deps(request), user_of(request)
-    seen: list[str] = [t.uuid for t in d.table.all() if d.actions.visible(user, t.owner)]
-    owner = user.owner if d.access.per_user else None
-    have = set(seen)
-    seen.extend(r.uuid for r in d.routes.for_owner(owner) if r.uuid not in have)
-    return web.json_response([{"uuid": u} for u in seen])
+    uuids = await deps(request).actions.list_uuids(user_of(request))
+    return web.json_response([{"uuid": u} for u in uuids])
 
 
 async def _form_fields(request: web.Request) -> dict[str, Any]:

@@ -6,6 +6,7 @@ handling of tasks the proxy still holds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -63,6 +64,36 @@ class TaskActions:
         if task is not None and self.visible(user, task.owner):
             return None, task
         raise missing
+
+    async def list_uuids(self, user: User | None) -> list[str]:
+        """The caller's tasks: those the proxy holds, then those whose node still knows them.
+
+        Nodes are asked for their lists at once, each with its own deadline; the routes of a
+        node that does not answer are all listed (it may know them still).
+        """
+        held = [t.uuid for t in self.table.all() if self.visible(user, t.owner)]
+        owner = user.owner if user is not None and self.per_user else None
+        routes = [r for r in self.routes.for_owner(owner) if r.uuid not in set(held)]
+        keys = {r.node_key for r in routes}
+        known: dict[str, set[str] | None] = {}
+
+        async def ask(key: str) -> None:
+            node = self.registry.get(key)
+            if node is None:
+                known[key] = set()
+                return
+            try:
+                listed = await self.client.get_json(node, "/task/list")
+            except NodeError:
+                known[key] = None
+                return
+            known[key] = {str(x.get("uuid")) for x in listed if isinstance(x, dict)}
+
+        async with asyncio.TaskGroup() as tg:
+            for key in keys:
+                tg.create_task(ask(key))
+        on_nodes = [r.uuid for r in routes if (k := known.get(r.node_key)) is None or r.uuid in k]
+        return held + on_nodes
 
     async def info(self, uuid: str, user: User | None, with_output: int | None = None) -> Any:
         node, task = self.locate(uuid, user, "info")

@@ -213,3 +213,18 @@ async def test_task_new_takes_fields_after_files(
     await eventually(lambda: uuid in sim.tasks)
     assert sim.tasks[uuid].name == "named late"
     assert {"name": "dsm", "value": True} in sim.tasks[uuid].options
+
+
+async def test_task_list_hides_tasks_their_node_forgot(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
+) -> None:
+    sim = await simnode_factory(test_seconds=30, parallel=2)
+    cluster = await cluster_factory([sim])
+    async with aiohttp.ClientSession() as s:
+        kept = (await (await s.post(f"{cluster.url}/task/new", data=_files_form(1))).json())["uuid"]
+        gone = (await (await s.post(f"{cluster.url}/task/new", data=_files_form(1))).json())["uuid"]
+        await eventually(lambda: kept in sim.tasks and gone in sim.tasks)
+        await s.post(f"{sim.url}/task/remove", data={"uuid": gone})
+        listed = [x["uuid"] for x in await (await s.get(f"{cluster.url}/task/list")).json()]
+    assert kept in listed
+    assert gone not in listed
