@@ -35,7 +35,7 @@ from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.store.base import Store
 from clusterodm.store.staging import Staging
 from clusterodm.tasks.pipeline import PIPELINE_META, UploadPipelines
-from clusterodm.tasks.queue import Waiting, fair_order, position
+from clusterodm.tasks.queue import FairTags, Waiting, fair_order, position
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
 
@@ -105,6 +105,7 @@ class Dispatcher:
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._waiting: dict[str, tuple[Waiting, asyncio.Future[Grant]]] = {}
         self._seq = 0
+        self._tags = FairTags()
         self._kept_bytes: dict[str, int] = {}
         self.metrics: Metrics | None = None
         self.pipelines: UploadPipelines | None = None
@@ -186,10 +187,12 @@ class Dispatcher:
             if node is not None:
                 self.registry.add_transient(node.key)
                 fut.set_result(node)
+                self._tags.served(w.tag)
                 continue
             claim = self.provisioner.reserve(w.images) if self.provisioner else None
             if claim is not None:
                 fut.set_result(Claim(claim))
+                self._tags.served(w.tag)
 
     def _free_node(self, images: int, exclude: set[str]) -> Node | None:
         return self.registry.best(images, require_slot=True, exclude=exclude) or self.registry.best(
@@ -211,7 +214,9 @@ class Dispatcher:
         queued_at = time.monotonic()
         self._seq += 1
         self._waiting[task.uuid] = (
-            Waiting(task.uuid, task.owner, task.images_count, self._seq),
+            Waiting(
+                task.uuid, task.owner, task.images_count, self._seq, self._tags.tag(task.owner)
+            ),
             fut,
         )
         try:

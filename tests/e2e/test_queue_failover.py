@@ -262,3 +262,29 @@ async def test_restart_with_a_queue_loses_nothing(
             return codes == [40, 40, 40]
 
         await eventually(all_done, timeout_s=40, message="every task completed after restart")
+
+
+async def test_two_users_share_the_queue_fairly(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    users = tmp_path / "users.toml"
+    users.write_text(
+        '[[user]]\nname = "alice"\ntoken = "alice-token-123456"\n'
+        '[[user]]\nname = "bob"\ntoken = "bob-token-123456"\n'
+    )
+    sim = await simnode_factory(test_seconds=0.5, parallel=1)
+    cluster = await cluster_factory([sim], users_file=str(users), **FAST)
+    async with aiohttp.ClientSession() as s:
+
+        async def submit(token: str) -> str:
+            r = await s.post(
+                f"{cluster.url}/task/new", data=images_form(1), params={"token": token}
+            )
+            return str((await r.json())["uuid"])
+
+        alice = [await submit("alice-token-123456") for _ in range(4)]
+        bob = await submit("bob-token-123456")
+        await eventually(lambda: all(u in sim.tasks for u in [*alice, bob]), timeout_s=30)
+    order = sorted([*alice, bob], key=lambda u: sim.tasks[u].date_created)
+    # alice's first was already running; bob's one task comes next, not after all of alice's
+    assert order.index(bob) <= 2, order
