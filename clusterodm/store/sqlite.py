@@ -1,8 +1,9 @@
 """SqliteStore: the default Store, one SQLite file on one dedicated thread.
 
 Owns the schema (versioned with ``PRAGMA user_version``, upgraded by ``MIGRATIONS``) and the
-translation between rows and model values. Imports only ``model``, ``errors`` and the standard
-library; never a use case or the edge.
+translation between rows and model values (JSON columns encoded by ``codec``, as the Redis store
+encodes them). Imports only ``model``, ``errors``, ``codec`` and the standard library; never a use
+case or the edge.
 
 Durability: the journal is WAL with ``synchronous=NORMAL``. A committed transaction has been
 written to the WAL file (the OS page cache) before ``commit`` returns, so it survives the process
@@ -32,7 +33,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from clusterodm.errors import StoreError
-from clusterodm.model import Node, NodeInfo, Route, StagedUpload, TaskEntry, TaskStage, TaskStatus
+from clusterodm.model import Node, Route, StagedUpload, TaskEntry, TaskStage, TaskStatus
+from clusterodm.store.codec import dump_json as _dump
+from clusterodm.store.codec import info_from_text as _info_from_json
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +159,6 @@ ON CONFLICT (uuid) DO UPDATE SET
 # --- rows <-> values -------------------------------------------------------------------------
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _node_row(node: Node) -> tuple[Any, ...]:
     info = None if node.info is None else _dump(node.info.to_json())
     machine = None if node.machine is None else _dump(node.machine)
@@ -186,17 +185,6 @@ def _node_from_row(row: Sequence[Any]) -> Node:
         last_refreshed_ms=last_refreshed_ms,
         machine=None if machine is None else json.loads(machine),
     )
-
-
-def _info_from_json(text: str | None) -> NodeInfo | None:
-    """A stored /info that no longer parses is dropped: the next refresh fetches it again."""
-    if text is None:
-        return None
-    try:
-        return NodeInfo.from_json(json.loads(text))
-    except ValueError:
-        log.warning("dropping unreadable stored node info: %.80s", text)
-        return None
 
 
 def _route_row(route: Route) -> tuple[Any, ...]:

@@ -1,0 +1,605 @@
+"""RedisStore: the Store in one Redis database, the state several proxy instances can share.
+
+Selected by ``--store redis://host:6379/0`` (or ``rediss://`` for TLS). Imports only ``model``,
+``errors``, ``codec``, the standard library and, lazily, redis-py (the ``redis`` extra); never a
+use case or the edge. docs/scale-out.md describes the layout for operators.
+
+Key layout, every key under one prefix (``clusterodm:`` unless the URL says ``?prefix=...``, so
+two clusters can share one Redis)::
+
+    schema                    string  layout version (SCHEMA_VERSION), checked at open()
+    meta                      hash    key -> value
+    nodes                     hash    node key -> node record (JSON)
+    nodes:order               zset    node key, score = position (kept on update)
+    nodes:seq                 string  last position handed out
+    routes                    hash    uuid -> {"node_key", "owner"} (JSON)
+    routes:accessed           hash    uuid -> accessed_ms (written alone by touch_routes)
+    routes:order              zset    uuid, score = insertion sequence (kept on upsert)
+    routes:seq                string  last sequence handed out
+    routes:by-node:<node key> set     uuids routed to that node (delete_node needs no scan)
+    tasks, tasks:order, tasks:seq        the task table, like routes
+    uploads, uploads:order, uploads:seq  staged uploads, likewise
+
+Atomicity: an upsert must read before it writes (keep the position, move the uuid between
+by-node sets), so those steps are Lua scripts, which Redis runs as one unit with nothing in
+between, without WATCH retry loops. Reads of several keys and plain multi-key deletes are
+MULTI/EXEC pipelines. Bulk writes (``put_routes``, ``touch_routes``) send the script in chunks
+inside one MULTI/EXEC: one round trip, one atomic step. Scripts name keys they compute
+(the by-node set of a route's previous node), so this layout is for a single Redis (with
+replicas or Sentinel), not Redis Cluster.
+
+Failures: every call has a connect and a read timeout, and a broken connection is retried once
+on a fresh one (a restarted Redis is picked up by the next call). Errors become ``StoreError`` in
+``_call`` only: ``State store unavailable`` when Redis cannot be reached, so a request that needs
+the store gets a clear answer in seconds instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from clusterodm.errors import StoreError
+from clusterodm.model import Node, Route, StagedUpload, TaskEntry
+from clusterodm.store import codec
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+"""Version of the key layout above; a store written by a newer release is refused."""
+
+DEFAULT_PREFIX = "clusterodm:"
+SCHEMES = ("redis://", "rediss://")
+BATCH = 5000
+"""Routes per script call inside one bulk MULTI/EXEC: bounds each call's argument list."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisLimits:
+    """Bounds on every Redis call, so a dead or unreachable Redis fails fast."""
+
+    connect_s: float = 5.0  # TCP (and TLS) connect
+    read_s: float = 10.0  # each reply (a 100k-route list is one); also waiting for a connection
+    retries: int = 1  # a broken connection is retried this often on a fresh one
+    max_connections: int = 64
+
+
+DEFAULT_LIMITS = RedisLimits()
+
+
+# KEYS[1] hash, KEYS[2] order zset, KEYS[3] seq; ARGV[1] id, ARGV[2] record
+_PUT_ORDERED = """
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+    redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS[1] hash, KEYS[2] order zset. Returns the records in order as one JSON array text: one
+# reply to parse instead of one per entry (100k routes parse in milliseconds, hiredis or not).
+_LIST_ORDERED = """
+local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
+local out = {}
+for first = 1, #ids, 1000 do
+    local records = redis.call('HMGET', KEYS[1], unpack(ids, first, math.min(first + 999, #ids)))
+    for _, record in ipairs(records) do
+        if record then out[#out + 1] = record end
+    end
+end
+return '[' .. table.concat(out, ',') .. ']'
+"""
+
+# KEYS[1] routes, KEYS[2] routes:accessed, KEYS[3] routes:order.
+# Returns one flat JSON array text: record, accessed_ms, record, accessed_ms, ...
+_LIST_ROUTES = """
+local ids = redis.call('ZRANGE', KEYS[3], 0, -1)
+local out = {}
+for first = 1, #ids, 1000 do
+    local last = math.min(first + 999, #ids)
+    local records = redis.call('HMGET', KEYS[1], unpack(ids, first, last))
+    local accessed = redis.call('HMGET', KEYS[2], unpack(ids, first, last))
+    for i = 1, last - first + 1 do
+        if records[i] then
+            local n = #out
+            out[n + 1] = records[i]
+            out[n + 2] = accessed[i] or '0'
+        end
+    end
+end
+return '[' .. table.concat(out, ',') .. ']'
+"""
+
+# KEYS[1] routes, KEYS[2] routes:accessed, KEYS[3] routes:order, KEYS[4] routes:seq
+# ARGV[1] by-node key prefix, ARGV[2] JSON [[uuid, node key, record, accessed_ms], ...] with
+# unique uuids and every value a string (Lua numbers would print 1.7e+12).
+# Works in slices of 1000 so every command is variadic: a few calls per slice, not per route.
+_PUT_ROUTES = """
+local by_node = ARGV[1]
+local batch = cjson.decode(ARGV[2])
+local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+for first = 1, #batch, 1000 do
+    local last = math.min(first + 999, #batch)
+    local uuids = {}
+    for i = first, last do uuids[#uuids + 1] = batch[i][1] end
+    local olds = redis.call('HMGET', KEYS[1], unpack(uuids))
+    local records, accessed, order, added, removed = {}, {}, {}, {}, {}
+    for i = first, last do
+        local uuid, node = batch[i][1], batch[i][2]
+        local old = olds[i - first + 1]
+        if old then
+            local old_node = cjson.decode(old)['node_key']
+            if old_node ~= node then
+                removed[old_node] = removed[old_node] or {}
+                table.insert(removed[old_node], uuid)
+            end
+        else
+            seq = seq + 1
+            order[#order + 1] = seq
+            order[#order + 1] = uuid
+        end
+        records[#records + 1] = uuid
+        records[#records + 1] = batch[i][3]
+        accessed[#accessed + 1] = uuid
+        accessed[#accessed + 1] = batch[i][4]
+        added[node] = added[node] or {}
+        table.insert(added[node], uuid)
+    end
+    redis.call('HSET', KEYS[1], unpack(records))
+    redis.call('HSET', KEYS[2], unpack(accessed))
+    if #order > 0 then redis.call('ZADD', KEYS[3], 'NX', unpack(order)) end
+    for node, ids in pairs(removed) do redis.call('SREM', by_node .. node, unpack(ids)) end
+    for node, ids in pairs(added) do redis.call('SADD', by_node .. node, unpack(ids)) end
+end
+redis.call('SET', KEYS[4], string.format('%d', seq))
+return 1
+"""
+
+# KEYS[1] routes, KEYS[2] routes:accessed; ARGV[1] JSON [[uuid, accessed_ms], ...] (strings)
+_TOUCH_ROUTES = """
+local batch = cjson.decode(ARGV[1])
+for first = 1, #batch, 1000 do
+    local last = math.min(first + 999, #batch)
+    local uuids = {}
+    for i = first, last do uuids[#uuids + 1] = batch[i][1] end
+    local present = redis.call('HMGET', KEYS[1], unpack(uuids))
+    local accessed = {}
+    for i = first, last do
+        if present[i - first + 1] then
+            accessed[#accessed + 1] = batch[i][1]
+            accessed[#accessed + 1] = batch[i][2]
+        end
+    end
+    if #accessed > 0 then redis.call('HSET', KEYS[2], unpack(accessed)) end
+end
+return 1
+"""
+
+# KEYS[1] routes, KEYS[2] routes:accessed, KEYS[3] routes:order
+# ARGV[1] by-node key prefix, ARGV[2] uuid
+_DELETE_ROUTE = """
+local old = redis.call('HGET', KEYS[1], ARGV[2])
+if old then
+    redis.call('SREM', ARGV[1] .. cjson.decode(old)['node_key'], ARGV[2])
+    redis.call('HDEL', KEYS[1], ARGV[2])
+    redis.call('HDEL', KEYS[2], ARGV[2])
+    redis.call('ZREM', KEYS[3], ARGV[2])
+end
+return 1
+"""
+
+# KEYS[1] nodes, KEYS[2] nodes:order, KEYS[3] routes, KEYS[4] routes:accessed,
+# KEYS[5] routes:order, KEYS[6] the node's by-node set; ARGV[1] node key
+_DELETE_NODE = """
+local uuids = redis.call('SMEMBERS', KEYS[6])
+for first = 1, #uuids, 1000 do
+    local last = math.min(first + 999, #uuids)
+    redis.call('HDEL', KEYS[3], unpack(uuids, first, last))
+    redis.call('HDEL', KEYS[4], unpack(uuids, first, last))
+    redis.call('ZREM', KEYS[5], unpack(uuids, first, last))
+end
+redis.call('DEL', KEYS[6])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return #uuids
+"""
+
+_SCRIPTS = {
+    "put_ordered": _PUT_ORDERED,
+    "list_ordered": _LIST_ORDERED,
+    "list_routes": _LIST_ROUTES,
+    "put_routes": _PUT_ROUTES,
+    "touch_routes": _TOUCH_ROUTES,
+    "delete_route": _DELETE_ROUTE,
+    "delete_node": _DELETE_NODE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The key names of one cluster's state under ``prefix``."""
+
+    prefix: str
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    @property
+    def by_node_prefix(self) -> str:
+        return self.prefix + "routes:by-node:"
+
+    def by_node(self, node_key: str) -> str:
+        return self.by_node_prefix + node_key
+
+    def data_keys(self) -> list[str]:
+        """Every fixed key that holds state (by-node sets are found by their prefix)."""
+        names = ["meta", "nodes", "nodes:order", "nodes:seq", "routes", "routes:accessed"]
+        names += ["routes:order", "routes:seq"]
+        for part in ("tasks", "uploads"):
+            names += [part, f"{part}:order", f"{part}:seq"]
+        return [self.key(n) for n in names]
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``redis://h:p/db?prefix=x:&...`` -> (URL for redis-py, prefix); refuses other schemes."""
+    if not url.startswith(SCHEMES):
+        raise StoreError(f"not a Redis URL (redis:// or rediss://): {redact(url)}")
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [v for k, v in query if k == "prefix"]
+    rest = [(k, v) for k, v in query if k != "prefix"]
+    prefix = prefixes[-1] if prefixes else DEFAULT_PREFIX
+    return urlunsplit(parts._replace(query=urlencode(rest))), prefix
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _route_record(route: Route) -> str:
+    """A route without ``accessed_ms``, which lives in ``routes:accessed`` (touched alone)."""
+    return codec.dump_json({"uuid": route.uuid, "node_key": route.node_key, "owner": route.owner})
+
+
+def _route_from(record: dict[str, Any], accessed: Any) -> Route:
+    return Route(record["uuid"], record["node_key"], record["owner"], int(accessed or 0))
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class RedisStore:
+    """Store backed by one Redis database; see the module docstring for layout and failures."""
+
+    def __init__(
+        self, url: str, prefix: str | None = None, limits: RedisLimits = DEFAULT_LIMITS
+    ) -> None:
+        self._url, url_prefix = split_url(url)
+        self.prefix = url_prefix if prefix is None else prefix
+        if not self.prefix:
+            raise StoreError("the Redis key prefix must not be empty")
+        self.location = redact(self._url)
+        self.keys = Keys(self.prefix)
+        self.limits = limits
+        self._client: Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._unavailable: tuple[type[BaseException], ...] = (OSError,)
+        self._failed: tuple[type[BaseException], ...] = ()
+
+    # --- lifecycle ---
+
+    async def open(self) -> None:
+        """Connect, check Redis answers, stamp or check the layout version."""
+        if self._client is not None:
+            return
+        self._client = self._connect()
+        try:
+            await self._call(self._check_schema)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _connect(self) -> Redis:
+        try:
+            from redis import exceptions
+            from redis.asyncio import BlockingConnectionPool, Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import ExponentialBackoff
+        except ImportError as exc:
+            raise StoreError(
+                "the Redis store needs the redis package: install clusterodm[redis]"
+            ) from exc
+        self._unavailable = (exceptions.ConnectionError, exceptions.TimeoutError, OSError)
+        self._failed = (exceptions.RedisError,)
+        limits = self.limits
+        try:
+            pool = BlockingConnectionPool.from_url(
+                self._url,
+                decode_responses=True,
+                socket_connect_timeout=limits.connect_s,
+                socket_timeout=limits.read_s,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), limits.retries),
+                max_connections=limits.max_connections,
+                timeout=limits.read_s,
+            )
+        except ValueError as exc:
+            raise StoreError(f"bad Redis URL {self.location}: {exc}") from exc
+        client = Redis.from_pool(pool)
+        self._scripts = {name: client.register_script(lua) for name, lua in _SCRIPTS.items()}
+        return client
+
+    async def _check_schema(self, r: Redis) -> None:
+        key = self.keys.key("schema")
+        await r.set(key, SCHEMA_VERSION, nx=True)
+        raw = _text(await r.get(key))
+        try:
+            version = int(raw or "")
+        except ValueError:
+            raise StoreError(f"state store schema version {raw!r} at {key} is unreadable") from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"state store schema version {version} is newer than this release "
+                f"understands ({SCHEMA_VERSION}); upgrade clusterodm"
+            )
+
+    async def close(self) -> None:
+        """Close the pool; later calls raise ``StoreError``. Redis keeps the data."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def schema_version(self) -> int:
+        """The layout version stored in Redis (for diagnostics and tests)."""
+
+        async def read(r: Redis) -> int:
+            return int(await r.get(self.keys.key("schema")) or 0)
+
+        return await self._call(read)
+
+    # --- nodes ---
+
+    async def list_nodes(self) -> list[Node]:
+        return await self._list("nodes", codec.node_from_record)
+
+    async def put_node(self, node: Node) -> None:
+        await self._put_ordered("nodes", node.key, lambda: codec.node_record(node))
+
+    async def delete_node(self, key: str) -> None:
+        """The node and its routes go in one script: no route is left pointing nowhere."""
+        k = self.keys
+        keys = [k.key("nodes"), k.key("nodes:order"), k.key("routes"), k.key("routes:accessed")]
+        keys += [k.key("routes:order"), k.by_node(key)]
+        await self._call(lambda r: self._scripts["delete_node"](keys=keys, args=[key]))
+
+    # --- routes ---
+
+    async def get_route(self, uuid: str) -> Route | None:
+        async def read(r: Redis) -> Route | None:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.hget(self.keys.key("routes"), uuid)
+                pipe.hget(self.keys.key("routes:accessed"), uuid)
+                record, accessed = await pipe.execute()
+            return None if record is None else _route_from(json.loads(record), accessed)
+
+        return await self._call(read)
+
+    async def put_route(self, route: Route) -> None:
+        await self.put_routes([route])
+
+    async def put_routes(self, routes: Iterable[Route]) -> None:
+        """Insert or update in one MULTI/EXEC; every value is encoded before anything is sent.
+
+        A uuid given twice keeps its first place and its last values, as SQLite's upserts do.
+        """
+        latest = {route.uuid: route for route in routes}
+        if not latest:
+            return
+        k = self.keys
+        keys = [k.key("routes"), k.key("routes:accessed"), k.key("routes:order")]
+        keys.append(k.key("routes:seq"))
+
+        async def write(r: Redis) -> None:
+            rows = [
+                [route.uuid, route.node_key, _route_record(route), str(int(route.accessed_ms))]
+                for route in latest.values()
+            ]
+            script = self._scripts["put_routes"]
+            async with r.pipeline(transaction=True) as pipe:
+                for chunk in _chunks(rows, BATCH):
+                    args = [k.by_node_prefix, codec.dump_json(chunk)]
+                    await script(keys=keys, args=args, client=pipe)
+                await pipe.execute()
+
+        await self._call(write)
+
+    async def delete_route(self, uuid: str) -> None:
+        k = self.keys
+        keys = [k.key("routes"), k.key("routes:accessed"), k.key("routes:order")]
+        await self._call(
+            lambda r: self._scripts["delete_route"](keys=keys, args=[k.by_node_prefix, uuid])
+        )
+
+    async def list_routes(self) -> list[Route]:
+        """All routes, oldest first, read by one script so the three keys agree."""
+        k = self.keys
+        keys = [k.key("routes"), k.key("routes:accessed"), k.key("routes:order")]
+
+        async def read(r: Redis) -> list[Route]:
+            flat = json.loads(await self._scripts["list_routes"](keys=keys))
+            pairs = zip(flat[::2], flat[1::2], strict=True)
+            return [_route_from(record, accessed) for record, accessed in pairs]
+
+        return await self._call(read)
+
+    async def touch_routes(self, accessed: Iterable[tuple[str, int]]) -> None:
+        """Unknown uuids are skipped: the route may have been deleted meanwhile."""
+        rows = [[uuid, str(int(accessed_ms))] for uuid, accessed_ms in accessed]
+        if not rows:
+            return
+        keys = [self.keys.key("routes"), self.keys.key("routes:accessed")]
+
+        async def write(r: Redis) -> None:
+            script = self._scripts["touch_routes"]
+            async with r.pipeline(transaction=True) as pipe:
+                for chunk in _chunks(rows, BATCH):
+                    await script(keys=keys, args=[codec.dump_json(chunk)], client=pipe)
+                await pipe.execute()
+
+        await self._call(write)
+
+    # --- task table ---
+
+    async def get_task(self, uuid: str) -> TaskEntry | None:
+        return await self._get("tasks", uuid, codec.task_from_record)
+
+    async def put_task(self, task: TaskEntry) -> None:
+        await self._put_ordered("tasks", task.uuid, lambda: codec.task_record(task))
+
+    async def delete_task(self, uuid: str) -> None:
+        await self._delete_ordered("tasks", uuid)
+
+    async def list_tasks(self) -> list[TaskEntry]:
+        return await self._list("tasks", codec.task_from_record)
+
+    # --- staged uploads ---
+
+    async def get_upload(self, uuid: str) -> StagedUpload | None:
+        return await self._get("uploads", uuid, codec.upload_from_record)
+
+    async def put_upload(self, upload: StagedUpload) -> None:
+        await self._put_ordered("uploads", upload.uuid, lambda: codec.upload_record(upload))
+
+    async def delete_upload(self, uuid: str) -> None:
+        await self._delete_ordered("uploads", uuid)
+
+    async def list_uploads(self) -> list[StagedUpload]:
+        return await self._list("uploads", codec.upload_from_record)
+
+    # --- meta ---
+
+    async def get_meta(self, key: str) -> str | None:
+        async def read(r: Redis) -> str | None:
+            return _text(await r.hget(self.keys.key("meta"), key))
+
+        return await self._call(read)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._call(lambda r: r.hset(self.keys.key("meta"), key, value))
+
+    async def delete_meta(self, key: str) -> None:
+        await self._call(lambda r: r.hdel(self.keys.key("meta"), key))
+
+    async def list_meta(self) -> dict[str, str]:
+        """Every meta entry (migration and diagnostics; not part of the Store protocol)."""
+
+        async def read(r: Redis) -> dict[str, str]:
+            meta = await r.hgetall(self.keys.key("meta"))
+            return {str(_text(k)): str(_text(v)) for k, v in meta.items()}
+
+        return await self._call(read)
+
+    # --- whole-store operations (migration) ---
+
+    async def is_empty(self) -> bool:
+        """True when no node, route, task, upload or meta entry is stored under the prefix."""
+        names = [self.keys.key(n) for n in ("meta", "nodes", "routes", "tasks", "uploads")]
+        count: int = await self._call(lambda r: r.exists(*names))
+        return count == 0
+
+    async def clear(self) -> None:
+        """Delete every key of this prefix's state (the schema stamp stays)."""
+
+        async def wipe(r: Redis) -> None:
+            pattern = _glob_escape(self.keys.by_node_prefix) + "*"
+            doomed = self.keys.data_keys()
+            doomed += [key async for key in r.scan_iter(match=pattern, count=1000)]
+            async with r.pipeline(transaction=True) as pipe:
+                for chunk in _chunks(doomed, 1000):
+                    pipe.delete(*chunk)
+                await pipe.execute()
+
+        await self._call(wipe)
+
+    # --- plumbing ---
+
+    async def _put_ordered(
+        self, part: str, ident: str, encode: Callable[[], dict[str, Any]]
+    ) -> None:
+        """Upsert keeping the entry's place; ``encode`` runs inside ``_call`` (errors mapped)."""
+        keys = [self.keys.key(part), self.keys.key(f"{part}:order"), self.keys.key(f"{part}:seq")]
+
+        async def write(r: Redis) -> None:
+            record = codec.dump_json(encode())
+            await self._scripts["put_ordered"](keys=keys, args=[ident, record])
+
+        await self._call(write)
+
+    async def _delete_ordered(self, part: str, ident: str) -> None:
+        async def delete(r: Redis) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.hdel(self.keys.key(part), ident)
+                pipe.zrem(self.keys.key(f"{part}:order"), ident)
+                await pipe.execute()
+
+        await self._call(delete)
+
+    async def _get(self, part: str, ident: str, decode: Callable[[dict[str, Any]], T]) -> T | None:
+        async def read(r: Redis) -> T | None:
+            record = _text(await r.hget(self.keys.key(part), ident))
+            return None if record is None else decode(json.loads(record))
+
+        return await self._call(read)
+
+    async def _list(self, part: str, decode: Callable[[dict[str, Any]], T]) -> list[T]:
+        """The records of ``part`` in their order, read by one script (one atomic step)."""
+        keys = [self.keys.key(part), self.keys.key(f"{part}:order")]
+
+        async def read(r: Redis) -> list[T]:
+            text = await self._scripts["list_ordered"](keys=keys)
+            return [decode(record) for record in json.loads(text)]
+
+        return await self._call(read)
+
+    async def _call(self, work: Callable[[Redis], Awaitable[T]]) -> T:
+        """Run ``work`` on the client; the one place where Redis errors become ``StoreError``."""
+        client = self._client
+        if client is None:
+            raise StoreError("state store is not open")
+        try:
+            return await work(client)
+        except StoreError:
+            raise
+        except self._unavailable as exc:
+            raise StoreError(f"State store unavailable ({self.location}): {exc}") from exc
+        except self._failed as exc:
+            raise StoreError(f"state store failed: {exc}") from exc
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StoreError(f"state store holds or was given unusable data: {exc!r}") from exc
+
+
+def _text(value: bytes | str | None) -> str | None:
+    """Replies are decoded (``decode_responses``); this satisfies the bytes-or-str typing."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _glob_escape(text: str) -> str:
+    """Escape Redis glob characters so a prefix matches only itself."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
