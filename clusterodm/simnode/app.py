@@ -160,7 +160,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except ApiError as error:
         return error_response(str(error), **error.extra)
-    except (TaskNotFound, FormError, OptionsError, JsonError) as error:
+    except JsonError as error:  # V8's wording, quotes included
+        return error_response(str(error))
+    except (TaskNotFound, FormError, OptionsError) as error:
         return error_response(str(error).strip("'\""))
     except (ConnectionError, asyncio.CancelledError):
         raise

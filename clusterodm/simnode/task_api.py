@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .app import ApiError, NodeContext, ctx, error_response, json_response
 from .download import send_zip
-from .jsvalues import parse_int, parse_json, slice_start
+from .jsvalues import JsonError, parse_int, parse_json, slice_start
 from .options import validate_options
 from .staging import read_form
 from .tasks import CannotRestart, Task, TaskNotFound, iso_now, now_ms
@@ -41,7 +41,10 @@ def _settings(fields: dict[str, Any], context: NodeContext) -> TaskSettings:
         name = f"Task of {iso_now()}"
     outputs = None
     if fields.get("outputs"):
-        parsed = parse_json(fields["outputs"])
+        try:
+            parsed = parse_json(fields["outputs"])
+        except JsonError:
+            parsed = None  # NodeODM falls back to the default contents
         if isinstance(parsed, list):
             outputs = [str(path) for path in parsed]
     created = parse_int(fields.get("dateCreated"))

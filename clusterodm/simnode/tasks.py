@@ -284,8 +284,10 @@ class TaskManager:
         task.error_message = None
         task.zip = None
         task.date_created = now_ms()
-        if options is not None:
-            task.options = options
+        if options is not None:  # new options get the post-processing defaults again
+            task.options = (
+                options if task.skip_post_processing else with_post_processing_defaults(options)
+            )
         self._schedule()
 
     def webhook_body(self, task: Task) -> dict[str, Any]:

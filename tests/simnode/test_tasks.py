@@ -100,7 +100,8 @@ async def test_cancel_stops_and_restart_runs_again(
     assert body == {"success": True}
     assert node.tasks[uuid].output == [] or node.tasks[uuid].status == TaskStatus.RUNNING
     await eventually(lambda: node.tasks[uuid].status == TaskStatus.COMPLETED, message="rerun")
-    assert node.tasks[uuid].options == [{"name": "dsm", "value": True}]
+    # new options get the post-processing defaults again, as at creation (NodeODM does this)
+    assert [o["name"] for o in node.tasks[uuid].options] == ["dsm", "pc-ept", "cog", "gltf"]
 
 
 async def test_webhooks(
