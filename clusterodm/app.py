@@ -47,7 +47,8 @@ from clusterodm.proxy.observe import METRICS, metrics_middleware
 from clusterodm.results import S3Access, S3Downloads, check_bucket
 from clusterodm.store.base import Store
 from clusterodm.store.legacy import import_legacy
-from clusterodm.store.sqlite import SqliteStore
+from clusterodm.store.redis import RedisStore
+from clusterodm.store.sqlite import DEFAULT_FILENAME, SqliteStore
 from clusterodm.store.staging import Staging
 from clusterodm.tasks.actions import TaskActions
 from clusterodm.tasks.concurrency import ConcurrencyGate, status_code
@@ -74,6 +75,13 @@ def build_access(settings: Settings) -> AccessProvider:
     if settings.cloud_provider == "lightning":
         return LightningAccess(settings.lightning_url, settings.lightning, cache=not settings.debug)
     return LocalAccess(settings.token)
+
+
+def build_store(settings: Settings) -> Store:
+    """``--store redis://...`` shares the state in Redis; by default SQLite in ``--data-dir``."""
+    if settings.store:
+        return RedisStore(settings.store)
+    return SqliteStore(settings.data_dir / DEFAULT_FILENAME)
 
 
 def build_concurrency(
@@ -245,7 +253,7 @@ async def start_cluster(settings: Settings) -> Cluster:
     asr = load_asr_config(settings.asr) if settings.asr else None
     data_dir = settings.data_dir
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-    store = SqliteStore(data_dir / "clusterodm.db")
+    store = build_store(settings)
     await store.open()
     nodes_imported, routes_imported = await import_legacy(data_dir, store)
     if nodes_imported or routes_imported:

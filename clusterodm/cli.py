@@ -40,6 +40,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "asr": ("asr", str),
     "debug": ("debug", bool),
     "data-dir": ("data_dir", Path),
+    "store": ("store", str),
     "max-queue": ("max_queue", int),
     "failover-grace": ("failover.grace_s", float),
     "failover-retries": ("failover.max_moves", int),
@@ -84,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--asr", default=S, metavar="FILE", help="autoscaler configuration (JSON)")
     a("--debug", action="store_true", default=S, help="disable caches")
     a("--data-dir", default=S, help="where state and staged uploads live (default ./data)")
+    a(
+        "--store",
+        default=S,
+        metavar="URL",
+        help="shared state store: redis://host:6379/0 (default: SQLite in --data-dir)",
+    )
     a("--max-queue", type=int, default=S, help="tasks allowed to wait at the proxy (no bound)")
     a(
         "--failover-grace",

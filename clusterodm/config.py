@@ -14,6 +14,7 @@ from typing import Any
 from clusterodm.errors import InvalidRequest
 
 LOG_LEVELS = ("error", "warn", "info", "verbose", "debug", "silly")
+STORE_SCHEMES = ("redis://", "rediss://")
 
 
 class ConfigError(InvalidRequest):
@@ -95,6 +96,7 @@ class Settings:
     asr: str = ""
     debug: bool = False
     data_dir: Path = Path("data")
+    store: str = ""  # "" = SQLite in data_dir; a redis:// or rediss:// URL = shared state in Redis
     refresh_interval_s: float = 60.0  # original: every 60 s
     online_window_s: float = 120.0  # online if last good refresh is younger than this
     stale_uploads_max_age_s: float = 48 * 3600.0
@@ -136,6 +138,11 @@ class Settings:
             raise ConfigError("--users replaces --token and the lightning provider; give one")
         if self.auth_fail_limit < 1:
             raise ConfigError("auth_fail_limit must be at least 1")
+        if self.store and not self.store.startswith(STORE_SCHEMES):
+            raise ConfigError(
+                f"--store: {_redact(self.store)!r} is not a redis:// or rediss:// URL "
+                "(leave it empty for SQLite in --data-dir)"
+            )
         if self.public_address and not self.public_address.startswith(("http://", "https://")):
             raise ConfigError("--public-address must start with http:// or https://")
         return self
@@ -150,3 +157,11 @@ class Settings:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _redact(url: str) -> str:
+    """A URL as it may appear in an error: anything between ``//`` and ``@`` (a password) hidden."""
+    head, sep, rest = url.partition("//")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{head}//***@{rest.split('@', 1)[1]}"
+    return url

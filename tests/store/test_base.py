@@ -297,3 +297,15 @@ async def test_empty_store_lists_nothing(store: Store) -> None:
     await store.delete_meta("none")
     assert await store.get_task("none") is None
     assert await store.get_upload("none") is None
+
+
+async def test_put_routes_same_uuid_twice_keeps_first_place_and_last_values(store: Store) -> None:
+    await store.put_route(Route("z", "n:1"))
+    await store.put_routes([Route("a", "n:1", "", 1), Route("b", "n:1"), Route("a", "n:2", "t", 2)])
+    assert await store.list_routes() == [
+        Route("z", "n:1"),
+        Route("a", "n:2", "t", 2),
+        Route("b", "n:1"),
+    ]
+    await store.delete_node("n:2")
+    assert [r.uuid for r in await store.list_routes()] == ["z", "b"]
