@@ -319,6 +319,7 @@ async def start_cluster(settings: Settings) -> Cluster:
     if isinstance(access, LightningAccess):
         cluster.closers.append(access.close)
     cluster.failover = failover
+    intake.queue_at_limit = settings.dispatch.keep_images_bytes > 0
     if settings.dispatch.early_forwarding:
         pipelines = UploadPipelines(
             registry, client, settings.dispatch, lambda: dispatcher.queue_length() == 0, store

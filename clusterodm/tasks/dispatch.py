@@ -101,7 +101,10 @@ class Dispatcher:
         self.on_waiting = on_waiting
         self.clock = clock
         self.provisioner: NodeProvisioner | None = None
-        self.may_start: Callable[[str], bool] | None = None
+        #: per-user limits on tasks dispatching or running (``max_concurrent_tasks``); a task
+        #: over its owner's limit waits in the queue instead of being refused
+        self.concurrency_limits: dict[str, int] = {}
+        self._granted: dict[str, int] = {}  # grants not yet marked DISPATCHING, per owner
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._waiting: dict[str, tuple[Waiting, asyncio.Future[Grant]]] = {}
         self._seq = 0
@@ -181,18 +184,31 @@ class Dispatcher:
         """Something changed (a slot freed, a node came online): grant what can be granted."""
         for w in self.queue_order():
             _, fut = self._waiting[w.uuid]
-            if fut.done() or (self.may_start is not None and not self.may_start(w.owner)):
+            if fut.done() or not self.may_start(w.owner):
                 continue
             node = self._free_node(w.images, set())
+            grant: Grant | None = None
             if node is not None:
                 self.registry.add_transient(node.key)
-                fut.set_result(node)
+                grant = node
+            elif self.provisioner is not None:
+                claim = self.provisioner.reserve(w.images)
+                grant = Claim(claim) if claim is not None else None
+            if grant is not None:
+                fut.set_result(grant)
                 self._tags.served(w.tag)
-                continue
-            claim = self.provisioner.reserve(w.images) if self.provisioner else None
-            if claim is not None:
-                fut.set_result(Claim(claim))
-                self._tags.served(w.tag)
+                self._granted[w.owner] = self._granted.get(w.owner, 0) + 1
+
+    def running_for(self, owner: str) -> int:
+        """The owner's tasks being forwarded or running on a node (as far as the proxy holds
+        them: tasks whose images are kept, see ``--keep-images-gb``)."""
+        busy = (TaskStage.DISPATCHING, TaskStage.LANDED)
+        held = sum(1 for t in self.table.entries() if t.owner == owner and t.stage in busy)
+        return held + self._granted.get(owner, 0)
+
+    def may_start(self, owner: str) -> bool:
+        limit = self.concurrency_limits.get(owner)
+        return limit is None or self.running_for(owner) < limit
 
     def _free_node(self, images: int, exclude: set[str]) -> Node | None:
         return self.registry.best(images, require_slot=True, exclude=exclude) or self.registry.best(
@@ -201,15 +217,19 @@ class Dispatcher:
 
     async def _acquire(self, task: TaskEntry, exclude: set[str]) -> Grant:
         """A node with a free slot (reserved for us), a machine claim, or wait in the queue."""
-        mine = self.may_start is None or self.may_start(task.owner)
+        mine = self.may_start(task.owner)
         if not self._waiting and mine:
             node = self._free_node(task.images_count, exclude)
+            grant: Grant | None = None
             if node is not None:
                 self.registry.add_transient(node.key)
-                return node
-            claim = self.provisioner.reserve(task.images_count) if self.provisioner else None
-            if claim is not None:
-                return Claim(claim)
+                grant = node
+            elif self.provisioner is not None:
+                claim = self.provisioner.reserve(task.images_count)
+                grant = Claim(claim) if claim is not None else None
+            if grant is not None:
+                self._granted[task.owner] = self._granted.get(task.owner, 0) + 1
+                return grant
         fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
         queued_at = time.monotonic()
         self._seq += 1
@@ -239,9 +259,17 @@ class Dispatcher:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self._give_back(fut.result())
+                self._consume_grant(task.owner)
             raise
         finally:
             self._waiting.pop(task.uuid, None)
+
+    def _consume_grant(self, owner: str) -> None:
+        left = self._granted.get(owner, 0) - 1
+        if left > 0:
+            self._granted[owner] = left
+        else:
+            self._granted.pop(owner, None)
 
     def _give_back(self, grant: Grant) -> None:
         if isinstance(grant, Claim):
@@ -251,10 +279,11 @@ class Dispatcher:
             self.registry.drop_transient(grant.key)
 
     async def _show_queued(self, uuid: str, place: int, total: int) -> None:
-        line = f"Queued at the cluster: position {place} of {total}, waiting for a free node."
         task = self.table.get(uuid)
         if task is None:
             return
+        why = "a free node" if self.may_start(task.owner) else "one of your tasks to finish"
+        line = f"Queued at the cluster: position {place} of {total}, waiting for {why}."
         output = tuple(x for x in task.output if not x.startswith("Queued at the cluster"))
         await self.table.update(
             uuid,
@@ -303,6 +332,7 @@ class Dispatcher:
             grant = await self._acquire(task, tried)
             task = self.table.get(uuid) or task
             node: Node | None = None
+            counted = False  # the grant counts against the owner's limit until DISPATCHING does
             try:
                 if isinstance(grant, Claim):
                     node = await self._provision(task, grant)
@@ -323,6 +353,8 @@ class Dispatcher:
                     )
                     or task
                 )
+                self._consume_grant(task.owner)
+                counted = True
                 started = time.monotonic()
                 await self._send(node, task)
                 if self.metrics is not None:
@@ -344,6 +376,8 @@ class Dispatcher:
                 await self._landed(task, node.key)
                 return
             finally:
+                if not counted:
+                    self._consume_grant(task.owner)
                 if isinstance(grant, Node):
                     self.registry.drop_transient(grant.key)
             if attempt < self.settings.attempts:

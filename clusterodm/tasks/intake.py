@@ -42,6 +42,10 @@ class DispatchSink(Protocol):
 
     def check_room(self, limit: int | None) -> None: ...
 
+    concurrency_limits: dict[str, int]
+
+    def may_start(self, owner: str) -> bool: ...
+
 
 @dataclass(frozen=True, slots=True)
 class FilePart:
@@ -80,6 +84,9 @@ class TaskIntake:
         self.flood = flood or FloodMonitor(None)
         self.max_queue = max_queue
         self.pipelines: UploadPipelines | None = None
+        #: a user at max_concurrent_tasks gets queued, not refused (original: refused); needs
+        #: the images of running tasks kept, which is how their tasks are counted
+        self.queue_at_limit = False
         self.clock = clock
         self.concurrency = concurrency
 
@@ -143,13 +150,23 @@ class TaskIntake:
         return check_options(options, await self.known_options(), user.limits)
 
     async def _check_concurrency(self, user: User) -> None:
+        limit = user.limits.max_concurrent_tasks
+        if self.queue_at_limit and limit:
+            # over the limit, the task will wait in the queue instead of being refused
+            self.dispatcher.concurrency_limits[user.owner] = limit
+            return
         if self.concurrency is not None:
-            await self.concurrency.check(user.owner, user.limits.max_concurrent_tasks)
+            await self.concurrency.check(user.owner, limit)
 
     async def _admit(self, user: User, task: TaskEntry) -> None:
         """Record a committed task; the concurrent-task limit is checked again under the
         owner's lock, so two commits at once cannot both take the last place."""
-        if self.concurrency is None or user.limits.max_concurrent_tasks is None:
+        limit = user.limits.max_concurrent_tasks
+        if self.queue_at_limit and limit:
+            self.dispatcher.concurrency_limits[user.owner] = limit
+            await self.table.put(task)
+            return
+        if self.concurrency is None or limit is None:
             await self.table.put(task)
             return
         async with self.concurrency.lock(user.owner):
@@ -207,6 +224,8 @@ class TaskIntake:
             return None
         if upload.uuid in pipelines:
             return pipelines
+        if not self.dispatcher.may_start(upload.owner):
+            return None  # at their concurrency limit: the task will queue
         key = PIPELINE_META + upload.uuid
         if await self.store.get_meta(key) is not None:
             return None

@@ -272,7 +272,7 @@ async def test_two_users_share_the_queue_fairly(
         '[[user]]\nname = "alice"\ntoken = "alice-token-123456"\n'
         '[[user]]\nname = "bob"\ntoken = "bob-token-123456"\n'
     )
-    sim = await simnode_factory(test_seconds=0.5, parallel=1)
+    sim = await simnode_factory(test_seconds=1.5, parallel=1)
     cluster = await cluster_factory([sim], users_file=str(users), **FAST)
     async with aiohttp.ClientSession() as s:
 
@@ -284,7 +284,7 @@ async def test_two_users_share_the_queue_fairly(
 
         alice = [await submit("alice-token-123456") for _ in range(4)]
         bob = await submit("bob-token-123456")
-        await eventually(lambda: all(u in sim.tasks for u in [*alice, bob]), timeout_s=30)
+        await eventually(lambda: all(u in sim.tasks for u in [*alice, bob]), timeout_s=40)
     order = sorted([*alice, bob], key=lambda u: sim.tasks[u].date_created)
     # alice's first was already running; bob's one task comes next, not after all of alice's
     assert order.index(bob) <= 2, order

@@ -16,6 +16,7 @@ from aiohttp import FormData
 from clusterodm.access.flood import FORGIVE_EVERY_S, FloodMonitor
 from clusterodm.access.guard import FailedTokenGuard
 from clusterodm.app import Cluster
+from clusterodm.config import FailoverSettings
 from tests.conftest import ClusterFactory, SimnodeFactory
 from tests.helpers import eventually
 
@@ -121,7 +122,9 @@ async def test_limits_at_every_step(
     simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory, users_file: Path
 ) -> None:
     sim = await simnode_factory(test_seconds=30, parallel=4)
-    cluster = await cluster_factory([sim], users_file=str(users_file))
+    cluster = await cluster_factory(
+        [sim], users_file=str(users_file), failover=FailoverSettings(check_s=0.1)
+    )
     async with aiohttp.ClientSession() as s:
         alice, bob = Client(s, cluster, ALICE), Client(s, cluster, BOB)
         info = await alice.call("GET", "/info")
@@ -157,20 +160,22 @@ async def test_limits_at_every_step(
         assert sent["feature-quality"] == "low"
         assert "split" not in sent and "sm-cluster" not in sent
 
-        # concurrency: a1 runs on the node, so a second task is refused at init and at commit
-        body = await alice.init()
-        assert body["error"] == (
-            "Reached maximum number of concurrent tasks: 1. Please wait until other tasks have "
-            "finished, then restart the task."
-        )
-        assert "uuid" in await bob.init(), "bob has no concurrency limit"
+        # concurrency: a1 runs on the node, so a second task of alice's waits at the proxy
+        # (original: refused) until a1 ends, while bob, who has no limit, goes straight on
+        a2 = await alice.submit()
+        b1 = await bob.submit()
+        await eventually(lambda: b1 in sim.tasks, message="bob is not held back")
+
+        async def a2_waits_for_a1() -> bool:
+            info = await alice.call("GET", f"/task/{a2}/info?with_output=0")
+            return info["status"]["code"] == 10 and any(
+                "waiting for one of your tasks to finish" in line for line in info["output"]
+            )
+
+        await eventually(a2_waits_for_a1, message="a2 queued behind alice's limit")
+        assert a2 not in sim.tasks
         await alice.call("POST", "/task/cancel", data={"uuid": a1})
-        uuid = (await alice.init())["uuid"]
-        await alice.call("POST", f"/task/new/upload/{uuid}", data=images(1))
-        await alice.call("POST", "/task/restart", data={"uuid": a1})
-        await eventually(lambda: sim.tasks[a1].status in (10, 20))
-        body = await alice.call("POST", f"/task/new/commit/{uuid}")
-        assert body["error"].startswith("Reached maximum number of concurrent tasks: 1.")
+        await eventually(lambda: a2 in sim.tasks, timeout_s=10, message="a2 sent once a1 ended")
 
 
 async def test_users_file_reload_applies_without_restart(
