@@ -22,11 +22,12 @@ two clusters can share one Redis)::
 
 Atomicity: an upsert must read before it writes (keep the position, move the uuid between
 by-node sets), so those steps are Lua scripts, which Redis runs as one unit with nothing in
-between, without WATCH retry loops. Reads of several keys and plain multi-key deletes are
-MULTI/EXEC pipelines. Bulk writes (``put_routes``, ``touch_routes``) send the script in chunks
-inside one MULTI/EXEC: one round trip, one atomic step. Scripts name keys they compute
-(the by-node set of a route's previous node), so this layout is for a single Redis (with
-replicas or Sentinel), not Redis Cluster.
+between, without WATCH retry loops. Plain multi-key reads and deletes are MULTI/EXEC
+pipelines. Bulk writes (``put_routes``, ``touch_routes``) send the script in chunks of JSON
+inside one MULTI/EXEC: one round trip, one atomic step, few arguments to encode. Lists are read
+by a script that answers one JSON text, so 100k routes are one reply to parse, not 300k.
+Scripts name keys they compute (the by-node set of a route's previous node), so this layout is
+for a single Redis (with replicas or Sentinel), not Redis Cluster.
 
 Failures: every call has a connect and a read timeout, and a broken connection is retried once
 on a fresh one (a restarted Redis is picked up by the next call). Errors become ``StoreError`` in
