@@ -251,10 +251,11 @@ class AdminCommands:
         """For the web page: each known task with its node and status, newest first."""
         rows: list[dict[str, Any]] = []
         now = _now_ms()
-        for task in sorted(self.deps.table.all(), key=lambda t: -t.date_created_ms)[:limit]:
+        routed = self.deps.routes.get
+        held = [t for t in self.deps.table.all() if routed(t.uuid) is None]  # else: landing
+        for task in sorted(held, key=lambda t: -t.date_created_ms)[:limit]:
             rows.append(self._held_row(task, now))
-        held = {row["uuid"] for row in rows}  # a task just landing is in both for a moment
-        routes = [r for r in self._recent(None, max(0, limit - len(rows))) if r.uuid not in held]
+        routes = self._recent(None, max(0, limit - len(rows)))
         infos = await self._node_infos(routes)
         for route, info in zip(routes, infos, strict=True):
             rows.append(self._routed_row(route, info))
