@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -264,6 +265,19 @@ def _upload_from_row(row: Sequence[Any]) -> StagedUpload:
 # --- connection-thread helpers (run on the store's thread only) ------------------------------
 
 
+def _set_wal(conn: sqlite3.Connection) -> str:
+    """Switch to WAL. Two processes opening a new file at once can make SQLite answer "locked"
+    at once, without waiting for its busy timeout: retry for up to the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)  # on the store's own thread, never the event loop
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     """Open in autocommit mode: every write below states its own transaction.
 
@@ -274,7 +288,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     if created:
         os.chmod(path, 0o600)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    mode = _set_wal(conn)
     if str(mode).lower() != "wal":
         log.warning("SQLite refused WAL mode for %s (got %s)", path, mode)
     conn.execute("PRAGMA synchronous = NORMAL")
