@@ -161,3 +161,26 @@ async def test_splitmerge_option_gets_sm_cluster(
     opts = {o["name"]: o["value"] for o in sim.tasks[t.uuid].options}
     assert opts["split"] == 50
     assert opts["sm-cluster"] == "http://cluster.example:3000"
+
+
+async def test_range_and_head_pass_through(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    sim = await simnode_factory(zip_size=5_000_000)
+    cluster = await cluster_factory([sim])
+    node = pyodm_node(cluster.url)
+    task = await asyncio.to_thread(node.create_task, make_images(tmp_path / "i", 1))
+    await asyncio.to_thread(lambda: task.wait_for_completion(interval=0.1))
+    path = f"/task/{task.uuid}/download/all.zip"
+    rng = {"Range": "bytes=1000-1999"}
+    async with aiohttp.ClientSession() as s:
+        via = await s.get(cluster.url + path, headers=rng)
+        direct = await s.get(sim.url + path, headers=rng)
+        assert via.status == direct.status == 206
+        assert via.headers["Content-Range"] == direct.headers["Content-Range"]
+        assert await via.read() == await direct.read()
+        head = await s.head(cluster.url + path)
+        assert head.status == 200
+        assert head.headers["Content-Length"] == "5000000"
+        assert head.headers["Accept-Ranges"] == "bytes"
+        assert "all.zip" in head.headers["Content-Disposition"]
