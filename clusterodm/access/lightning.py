@@ -91,6 +91,7 @@ class LightningAccess:
         self.cache_enabled = cache
         self._clock = clock
         self._cache: dict[bytes, tuple[float, dict[str, Any]]] = {}
+        self._tokens: dict[str, str] = {}  # owner hash -> token, of tokens validated here
         self._session: aiohttp.ClientSession | None = None
         self.calls: dict[str, int] = {"validate": 0, "approve": 0, "finished": 0}
 
@@ -172,7 +173,9 @@ class LightningAccess:
         answer = await self._validate(token)
         if answer.get("valid") is not True:
             raise AuthError("Invalid authentication token.")
-        return User(token=token, owner=owner_of(token), limits=limits_from(answer.get("limits")))
+        owner = owner_of(token)
+        self._tokens[owner] = token  # for the task-finished notice; never written to disk
+        return User(token=token, owner=owner, limits=limits_from(answer.get("limits")))
 
     async def approve_task(self, user: User, images: int) -> None:
         if not user.token:
@@ -193,7 +196,14 @@ class LightningAccess:
     async def task_finished(
         self, user: User, uuid: str, task_info: dict[str, Any] | None = None
     ) -> None:
-        """Tell the service a task ended (``task_info``: the node's task info, if known)."""
+        """Tell the service a task ended (``task_info``: the node's task info, if known).
+
+        The route keeps only a hash of the token (the original stored the token itself), so the
+        token is the one this process last validated for that hash: a task whose owner made no
+        request since a restart of the proxy cannot be reported.
+        """
+        token = user.token or self._tokens.get(user.owner, "")
+        user = User(token=token, owner=user.owner, name=user.name, limits=user.limits)
         if not user.token:
             log.error("task %s finished, but its token is unknown: not recorded", uuid)
             return

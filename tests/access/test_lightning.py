@@ -211,3 +211,17 @@ async def test_cluster_with_lightning_provider(
         assert "max-concurrency" not in opts
         auth = await (await s.get(f"{cluster.url}/auth/info")).json()
         assert auth["loginUrl"] == service.url + "/auth/getToken"
+
+
+async def test_finished_notice_uses_the_token_behind_a_route_owner(
+    service: FakeService, access: LightningAccess
+) -> None:
+    user = await access.authenticate(GOOD)
+    assert user.owner != GOOD, "routes store a hash, not the token"
+    # the /commit webhook knows only the route's owner
+    await access.task_finished(User("", owner=user.owner), "u2")
+    path, body = service.received[-1]
+    assert path == "/r/tasks/finished" and body["token"] == GOOD
+    before = len(service.received)
+    await access.task_finished(User("", owner="someone-unknown"), "u3")
+    assert len(service.received) == before, "no token, nothing sent"
