@@ -19,7 +19,7 @@ import aiohttp
 from yarl import URL
 
 from clusterodm.config import Timeouts
-from clusterodm.errors import NodeError, NodeRejected, NodeUnreachable
+from clusterodm.errors import NodeRejected, NodeUnreachable
 from clusterodm.model import Node, NodeInfo
 from clusterodm.nodes.ratelimit import RateLimiter
 
@@ -80,6 +80,32 @@ class NodeClient:
             total=total_s or self.timeouts.api_s, sock_connect=self.timeouts.connect_s
         )
 
+    async def _exchange(
+        self,
+        method: str,
+        node: Node,
+        path: str,
+        limits: aiohttp.ClientTimeout,
+        query: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> tuple[int, bytes]:
+        """One request to a node: its status and body; network failures -> NodeUnreachable."""
+        try:
+            async with self.session.request(
+                method, self.url(node, path, query), timeout=limits, **kwargs
+            ) as resp:
+                return resp.status, await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise NodeUnreachable(f"{node.key} unreachable: {_describe(e)}", node.key) from e
+
+    @staticmethod
+    def _decode(node: Node, path: str, body: bytes) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError as e:
+            msg = f"{node.key} answered {path} with something not JSON"
+            raise NodeRejected(msg, node.key) from e
+
     async def _json(
         self,
         method: str,
@@ -90,28 +116,14 @@ class NodeClient:
         query: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> Any:
-        try:
-            async with self.session.request(
-                method,
-                self.url(node, path, query),
-                timeout=self._api_timeout(total_s),
-                **kwargs,
-            ) as resp:
-                body = await resp.read()
-                if resp.status == 401:
-                    raise NodeRejected("Unauthorized: wrong node token", node.key)
-                if resp.status >= 400:
-                    raise NodeRejected(f"HTTP {resp.status} from {path}", node.key)
-        except NodeError:
-            raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise NodeUnreachable(f"{node.key} unreachable: {_describe(e)}", node.key) from e
-        try:
-            data = json.loads(body)
-        except ValueError as e:
-            raise NodeRejected(
-                f"{node.key} answered {path} with something not JSON", node.key
-            ) from e
+        status, body = await self._exchange(
+            method, node, path, self._api_timeout(total_s), query, **kwargs
+        )
+        if status == 401:
+            raise NodeRejected("Unauthorized: wrong node token", node.key)
+        if status >= 400:
+            raise NodeRejected(f"HTTP {status} from {path}", node.key)
+        data = self._decode(node, path, body)
         if isinstance(data, dict) and "error" in data and data.get("success") is not True:
             raise NodeRejected(str(data["error"]), node.key, no_retry=bool(data.get("noRetry")))
         return data
@@ -163,21 +175,11 @@ class NodeClient:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.timeouts.connect_s, sock_read=self.timeouts.stream_read_s
         )
-        try:
-            async with self.session.post(
-                self.url(node, f"/task/new/upload/{uuid}"), data=form, timeout=timeout
-            ) as resp:
-                body = await resp.read()
-                if resp.status != 200:
-                    raise NodeRejected(f"upload answered HTTP {resp.status}", node.key)
-        except NodeError:
-            raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise NodeUnreachable(f"{node.key} unreachable: {_describe(e)}", node.key) from e
-        try:
-            data = json.loads(body)
-        except ValueError as e:
-            raise NodeRejected("upload answered something not JSON", node.key) from e
+        path_ = f"/task/new/upload/{uuid}"
+        status, body = await self._exchange("POST", node, path_, timeout, data=form)
+        if status != 200:
+            raise NodeRejected(f"upload answered HTTP {status}", node.key)
+        data = self._decode(node, path_, body)
         if not isinstance(data, dict) or data.get("success") is not True:
             err = data.get("error", "upload refused") if isinstance(data, dict) else "refused"
             no_retry = isinstance(data, dict) and bool(data.get("noRetry"))
@@ -193,17 +195,9 @@ class NodeClient:
     ) -> dict[str, Any]:
         """cancel / remove / restart: the node's answer as it is (``success`` or ``error``)."""
         form = {"uuid": uuid, **(extra or {})}
-        try:
-            async with self.session.post(
-                self.url(node, f"/task/{action}"), data=form, timeout=self._api_timeout()
-            ) as resp:
-                body = await resp.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise NodeUnreachable(f"{node.key} unreachable: {_describe(e)}", node.key) from e
-        try:
-            data = json.loads(body)
-        except ValueError as e:
-            raise NodeRejected(f"{node.key} answered {action} with something not JSON") from e
+        path = f"/task/{action}"
+        _, body = await self._exchange("POST", node, path, self._api_timeout(), data=form)
+        data = self._decode(node, path, body)
         if not isinstance(data, dict):
             raise NodeRejected(f"{node.key} answered {action} with something unusable")
         return data
