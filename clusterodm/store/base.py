@@ -7,7 +7,7 @@ before and after a side effect so that a restart can resume.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Protocol
 
 from clusterodm.model import Node, Route, StagedUpload, TaskEntry
@@ -72,3 +72,28 @@ class Store(Protocol):
     async def set_meta(self, key: str, value: str) -> None: ...
 
     async def delete_meta(self, key: str) -> None: ...
+
+
+class Coordination(Protocol):
+    """What several proxy instances on one shared store agree through (the Redis store).
+
+    Claims are keys with an owner and an expiry: whoever holds one does the work it names
+    (dispatch a task, run the single-owner loops); a holder that dies lets it expire and another
+    instance takes over. Events are short notices to every instance ("nodes changed"), lost
+    when no one listens, so listeners re-read the state when they (re)connect.
+    """
+
+    async def claim(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """Take ``key`` if it is free, or extend it if ``owner`` holds it; False otherwise."""
+
+    async def release(self, key: str, owner: str) -> None:
+        """Give ``key`` up, only if ``owner`` holds it."""
+
+    async def holders(self, keys: list[str]) -> list[str | None]:
+        """Who holds each key (None: free or expired), in one round trip."""
+
+    async def publish(self, event: str) -> None:
+        """Send a notice to every instance listening."""
+
+    def events(self) -> AsyncIterator[str]:
+        """Notices as they arrive; ends with ``StoreError`` when the connection is lost."""

@@ -19,6 +19,8 @@ two clusters can share one Redis)::
     routes:by-node:<node key> set     uuids routed to that node (delete_node needs no scan)
     tasks, tasks:order, tasks:seq        the task table, like routes
     uploads, uploads:order, uploads:seq  staged uploads, likewise
+    claim:<name>              string  holder's instance id, with an expiry (Coordination)
+    events                    channel pub/sub notices between instances (Coordination)
 
 Atomicity: an upsert must read before it writes (keep the position, move the uuid between
 by-node sets), so those steps are Lua scripts, which Redis runs as one unit with nothing in
@@ -37,9 +39,10 @@ the store gets a clear answer in seconds instead of hanging.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -61,6 +64,8 @@ SCHEMA_VERSION = 1
 
 DEFAULT_PREFIX = "clusterodm:"
 SCHEMES = ("redis://", "rediss://")
+EVENT_POLL_S = 1.0
+"""How long one wait for a pub/sub notice lasts (the listener's read timeout stays bounded)."""
 BATCH = 5000
 """Routes per script call inside one bulk MULTI/EXEC: bounds each call's argument list."""
 
@@ -215,7 +220,31 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return #uuids
 """
 
+# KEYS[1] claim key; ARGV[1] owner, ARGV[2] ttl in ms. Take a free key or extend our own.
+_CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+return 0
+"""
+
+# KEYS[1] claim key; ARGV[1] owner. Delete only our own claim, never a successor's.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 _SCRIPTS = {
+    "claim": _CLAIM,
+    "release": _RELEASE,
     "put_ordered": _PUT_ORDERED,
     "list_ordered": _LIST_ORDERED,
     "list_routes": _LIST_ROUTES,
@@ -288,7 +317,12 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 
 
 class RedisStore:
-    """Store backed by one Redis database; see the module docstring for layout and failures."""
+    """Store backed by one Redis database; see the module docstring for layout and failures.
+
+    Also the ``Coordination`` of several proxy instances sharing it (``shared`` is True).
+    """
+
+    shared = True
 
     def __init__(
         self, url: str, prefix: str | None = None, limits: RedisLimits = DEFAULT_LIMITS
@@ -516,6 +550,54 @@ class RedisStore:
             return {str(_text(k)): str(_text(v)) for k, v in meta.items()}
 
         return await self._call(read)
+
+    # --- coordination between instances ---
+
+    def claim_key(self, name: str) -> str:
+        return self.keys.key("claim:" + name)
+
+    async def claim(self, key: str, owner: str, ttl_ms: int) -> bool:
+        keys, args = [self.claim_key(key)], [owner, str(int(ttl_ms))]
+        return bool(await self._call(lambda r: self._scripts["claim"](keys=keys, args=args)))
+
+    async def release(self, key: str, owner: str) -> None:
+        keys = [self.claim_key(key)]
+        await self._call(lambda r: self._scripts["release"](keys=keys, args=[owner]))
+
+    async def holders(self, keys: list[str]) -> list[str | None]:
+        if not keys:
+            return []
+
+        async def read(r: Redis) -> list[str | None]:
+            return [_text(v) for v in await r.mget([self.claim_key(k) for k in keys])]
+
+        return await self._call(read)
+
+    async def publish(self, event: str) -> None:
+        await self._call(lambda r: r.publish(self.keys.key("events"), event))
+
+    async def events(self) -> AsyncIterator[str]:
+        """Subscribe to ``events``; an empty string first, once subscribed, so a listener
+        re-reads what it may have missed. Ends with ``StoreError`` when Redis goes away."""
+        client = self._client
+        if client is None:
+            raise StoreError("state store is not open")
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            try:
+                await pubsub.subscribe(self.keys.key("events"))
+                yield ""
+                while True:
+                    message = await pubsub.get_message(timeout=EVENT_POLL_S)
+                    if message is not None and message.get("type") == "message":
+                        yield str(_text(message["data"]) or "")
+            except self._unavailable as exc:
+                raise StoreError(f"State store unavailable ({self.location}): {exc}") from exc
+            except self._failed as exc:
+                raise StoreError(f"state store failed: {exc}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
     # --- whole-store operations (migration) ---
 

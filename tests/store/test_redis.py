@@ -32,6 +32,7 @@ from clusterodm.store.redis import (
 )
 from clusterodm.store.sqlite import SqliteStore
 from tests.conftest import ClusterFactory, SimnodeFactory
+from tests.helpers import eventually
 from tests.redis_server import RedisServer, free_port, redis_server_or_skip
 from tests.store.test_base import INFO, make_task
 
@@ -294,3 +295,48 @@ async def test_clusters_on_one_redis_share_their_nodes(
     second = await cluster_factory(store=url, data_dir=tmp_path / "two")
     assert [n.key for n in second.registry.nodes()] == [f"{node.host}:{node.port}"]
     assert not (tmp_path / "two" / "clusterodm.db").exists()
+
+
+async def test_claims_are_exclusive_renewable_and_expire(rstore: RedisStore) -> None:
+    assert await rstore.claim("task:u1", "a", 10_000)
+    assert not await rstore.claim("task:u1", "b", 10_000), "held by a"
+    assert await rstore.claim("task:u1", "a", 10_000), "the holder renews"
+    assert await rstore.holders(["task:u1", "task:u2"]) == ["a", None]
+    await rstore.release("task:u1", "b")  # not b's: stays
+    assert await rstore.holders(["task:u1"]) == ["a"]
+    await rstore.release("task:u1", "a")
+    assert await rstore.claim("task:u1", "b", 50)
+    await eventually(
+        lambda: rstore.claim("task:u1", "c", 10_000), timeout_s=5, message="claim lapsed"
+    )
+    assert await rstore.holders([]) == []
+
+
+async def test_events_reach_every_listener(rstore: RedisStore, redis_url: str) -> None:
+    other = RedisStore(redis_url, prefix=rstore.prefix)
+    await other.open()
+    try:
+        stream = other.events()
+        async with asyncio.timeout(10):
+            assert await anext(stream) == "", "subscribed"
+            await rstore.publish("nodes")
+            assert await anext(stream) == "nodes"
+        await stream.aclose()
+    finally:
+        await other.close()
+
+
+async def test_events_end_with_a_store_error_when_redis_goes(own_server: RedisServer) -> None:
+    store = RedisStore(own_server.url, limits=FAST)
+    await store.open()
+    try:
+        stream = store.events()
+        async with asyncio.timeout(10):
+            assert await anext(stream) == ""
+            own_server.stop()
+            with pytest.raises(StoreError, match="State store unavailable"):
+                await anext(stream)
+            with pytest.raises(StoreError, match="State store unavailable"):
+                await store.claim("leader", "a", 1000)
+    finally:
+        await store.close()
