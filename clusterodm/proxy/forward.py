@@ -13,6 +13,8 @@ import fcntl
 import logging
 import os
 import select
+import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -181,15 +183,27 @@ async def _splice_rest(
             await asyncio.sleep(0.001)
         src = os.dup(up_transport.get_extra_info("socket").fileno())
         dst = os.dup(down.get_extra_info("socket").fileno())
+        stop = threading.Event()
+        relay = asyncio.get_running_loop().run_in_executor(
+            _splice_pool,
+            _splice_loop,
+            src,
+            dst,
+            length - len(head),
+            client.timeouts.stream_read_s,
+            stop,
+        )
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                _splice_pool,
-                _splice_loop,
-                src,
-                dst,
-                length - len(head),
-                client.timeouts.stream_read_s,
-            )
+            while not relay.done():
+                await asyncio.wait([relay], timeout=1.0)
+                if down.is_closing():  # the client left, or the cluster closes connections
+                    stop.set()
+            relay.result()
+        except asyncio.CancelledError:
+            stop.set()  # shutting down: the thread lets go within a second
+            with contextlib.suppress(Exception):
+                await relay
+            raise
         finally:
             os.close(src)
             os.close(dst)
@@ -202,8 +216,21 @@ async def _splice_rest(
     return True
 
 
-def _splice_loop(src: int, dst: int, remaining: int, idle_s: float) -> None:
+def _wait(poller: select.poll, idle_s: float, stop: threading.Event, what: str) -> None:
+    """Until ``poller`` is ready: at most ``idle_s``, looking at ``stop`` every second."""
+    deadline = time.monotonic() + idle_s
+    while not poller.poll(min(1000, max(1, int((deadline - time.monotonic()) * 1000)))):
+        if stop.is_set():
+            raise ConnectionAbortedError("the cluster is stopping")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} for too long")
+
+
+def _splice_loop(
+    src: int, dst: int, remaining: int, idle_s: float, stop: threading.Event | None = None
+) -> None:
     """Move ``remaining`` bytes from socket ``src`` to socket ``dst`` (both non-blocking)."""
+    stop = stop or threading.Event()
     pipe_r, pipe_w = os.pipe()
     try:
         with contextlib.suppress(OSError):
@@ -212,13 +239,13 @@ def _splice_loop(src: int, dst: int, remaining: int, idle_s: float) -> None:
         readable, writable = select.poll(), select.poll()
         readable.register(src, select.POLLIN)
         writable.register(dst, select.POLLOUT)
-        idle_ms = int(idle_s * 1000)
         while remaining > 0:
+            if stop.is_set():
+                raise ConnectionAbortedError("the cluster is stopping")
             try:
                 moved = os.splice(src, pipe_w, min(remaining, _PIPE_SIZE), flags=flags)
             except BlockingIOError:
-                if not readable.poll(idle_ms):
-                    raise TimeoutError("node sent nothing for too long") from None
+                _wait(readable, idle_s, stop, "node sent nothing")
                 continue
             if moved == 0:
                 raise ConnectionError("node closed the connection early")
@@ -227,8 +254,7 @@ def _splice_loop(src: int, dst: int, remaining: int, idle_s: float) -> None:
                 try:
                     sent = os.splice(pipe_r, dst, moved, flags=flags)
                 except BlockingIOError:
-                    if not writable.poll(idle_ms):
-                        raise TimeoutError("client read nothing for too long") from None
+                    _wait(writable, idle_s, stop, "client read nothing")
                     continue
                 moved -= sent
     finally:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -77,9 +78,9 @@ async def test_large_download_through_the_cluster_is_the_nodes_bytes(
     spliced: list[int] = []
     relay = forward._splice_loop
 
-    def counting(src: int, dst: int, remaining: int, idle_s: float) -> None:
+    def counting(src: int, dst: int, remaining: int, idle_s: float, stop: Any = None) -> None:
         spliced.append(remaining)
-        relay(src, dst, remaining, idle_s)
+        relay(src, dst, remaining, idle_s, stop)
 
     monkeypatch.setattr(forward, "_splice_loop", counting)
     sim = await simnode_factory(zip_size=20_000_000)
