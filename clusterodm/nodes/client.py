@@ -25,7 +25,7 @@ from clusterodm.nodes.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
-UPLOAD_CHUNK = 256 * 1024
+UPLOAD_CHUNK = 1024 * 1024  # one thread hand-off per MiB read back from staging
 
 
 class NodeClient:
