@@ -57,6 +57,7 @@ from clusterodm.tasks.failover import FailoverMonitor
 from clusterodm.tasks.intake import TaskIntake
 from clusterodm.tasks.pipeline import UploadPipelines
 from clusterodm.tasks.routes import RouteTable
+from clusterodm.tasks.scaleout import ScaleOut, stop_if_cancelled
 from clusterodm.tasks.table import TaskTable
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ async def _every(interval_s: float, work: Callable[[], Awaitable[Any]], what: st
         try:
             await work()
         except Exception:
+            stop_if_cancelled()
             log.exception("%s failed", what)
 
 
@@ -320,7 +322,8 @@ async def start_cluster(settings: Settings) -> Cluster:
         cluster.closers.append(access.close)
     cluster.failover = failover
     intake.queue_at_limit = settings.dispatch.keep_images_bytes > 0
-    if settings.dispatch.early_forwarding:
+    scaleout = share(cluster) if isinstance(store, RedisStore) else None
+    if settings.dispatch.early_forwarding and scaleout is None:
         pipelines = UploadPipelines(
             registry, client, settings.dispatch, lambda: dispatcher.queue_length() == 0, store
         )
@@ -330,6 +333,12 @@ async def start_cluster(settings: Settings) -> Cluster:
         cluster.background(_every(60.0, pipelines.expire, "pipeline expiry"), "pipelines")
     watch(cluster)
     try:
+        if scaleout is not None:
+            await scaleout.hold_lease()
+            cluster.closers.append(scaleout.close)
+            cluster.background(scaleout.run_lease(), "leader lease")
+            cluster.background(scaleout.run_events(), "instance notices")
+            cluster.background(scaleout.run_scan(), "shared state scan")
         await health.refresh_all()
         if asr is not None:
             await start_autoscaler(cluster, asr)
@@ -359,6 +368,28 @@ async def start_cluster(settings: Settings) -> Cluster:
         raise
     log.info("ClusterODM %s listening on port %d", __version__, cluster.port)
     return cluster
+
+
+def share(cluster: Cluster) -> ScaleOut:
+    """Several instances on one Redis: claims, leader, notices (docs/scale-out.md).
+
+    Early forwarding stays off: its pipeline lives in the memory of the instance that received
+    the first upload, while the next upload of the same task may arrive at another instance.
+    """
+    d, store = cluster.deps, cluster.store
+    assert isinstance(store, RedisStore)
+    scaleout = ScaleOut(
+        store, store, d.registry, d.routes, d.table, d.dispatcher, cluster.settings.scale_out
+    )
+    d.registry.announce = d.routes.announce = d.actions.announce = scaleout.announce
+    d.dispatcher.claims = scaleout.claims
+    d.health.leads = scaleout.leads
+    if cluster.failover is not None:
+        cluster.failover.leads = scaleout.leads
+    d.intake.shared = True
+    cluster.extra["scale-out"] = scaleout
+    log.info("instance %s sharing %s", scaleout.instance_id, store.location)
+    return scaleout
 
 
 def watch(cluster: Cluster) -> None:
@@ -401,7 +432,13 @@ async def start_admin(cluster: Cluster) -> None:
 
 
 async def sweep(cluster: Cluster) -> None:
-    """Delete stale staged uploads (original: 48 h always, plus --stale-uploads-timeout)."""
+    """Delete stale staged uploads (original: 48 h always, plus --stale-uploads-timeout).
+
+    With several instances the staging folder is shared: only the leader sweeps it.
+    """
+    scaleout = cluster.extra.get("scale-out")
+    if isinstance(scaleout, ScaleOut) and not scaleout.leads():
+        return
     s = cluster.settings
     held = {t.uuid for t in cluster.deps.table.entries()}
     idle = s.stale_uploads_timeout_h * 3600 if s.stale_uploads_timeout_h > 0 else None

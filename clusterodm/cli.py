@@ -42,6 +42,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "data-dir": ("data_dir", Path),
     "store": ("store", str),
     "max-queue": ("max_queue", int),
+    "claim-ttl": ("scale_out.claim_ttl_s", float),
     "failover-grace": ("failover.grace_s", float),
     "failover-retries": ("failover.max_moves", int),
     "keep-images-gb": ("dispatch.keep_images_bytes", lambda gb: int(float(gb) * 1024**3)),
@@ -90,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=S,
         metavar="URL",
         help="shared state store: redis://host:6379/0 (default: SQLite in --data-dir)",
+    )
+    a(
+        "--claim-ttl",
+        type=float,
+        default=S,
+        metavar="SECONDS",
+        help="with --store: a dead instance's tasks are taken over after this (10)",
     )
     a("--max-queue", type=int, default=S, help="tasks allowed to wait at the proxy (no bound)")
     a(

@@ -55,6 +55,19 @@ class FailoverSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ScaleOutSettings:
+    """Coordination of several instances on one shared store (``--store redis://...``)."""
+
+    claim_ttl_s: float = 10.0  # a dead instance's tasks and leadership lapse after this
+    scan_s: float = 2.0  # node list and task table re-read, lapsed task claims taken over
+
+    @property
+    def renew_s(self) -> float:
+        """Claims are renewed at a third of their expiry: two renewals may fail in between."""
+        return self.claim_ttl_s / 3
+
+
+@dataclass(frozen=True, slots=True)
 class LightningSettings:
     """Calls to the external token service of ``--cloud-provider lightning``."""
 
@@ -104,6 +117,7 @@ class Settings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     failover: FailoverSettings = field(default_factory=FailoverSettings)
+    scale_out: ScaleOutSettings = field(default_factory=ScaleOutSettings)
     max_queue: int | None = None  # tasks waiting at the proxy; None = no bound
 
     def validate(self) -> Settings:
@@ -128,6 +142,8 @@ class Settings:
             raise ConfigError("--max-queue must not be negative")
         if self.failover.grace_s < 0 or self.failover.max_moves < 0:
             raise ConfigError("--failover-grace and --failover-retries must not be negative")
+        if self.scale_out.claim_ttl_s <= 0 or self.scale_out.scan_s <= 0:
+            raise ConfigError("--claim-ttl must be a positive number of seconds")
         if self.dispatch.keep_images_bytes < 0:
             raise ConfigError("--keep-images-gb must not be negative")
         if self.flood_limit is not None and self.flood_limit < 0:

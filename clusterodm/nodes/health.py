@@ -2,12 +2,14 @@
 
 Each probe has its own deadline (the client's info timeout), so one hung node never delays the
 others. Passive failures from real traffic also mark a node offline (``NodeRegistry``).
+With a shared store only the leader instance probes (``leads``); the others read its results.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from clusterodm.errors import NodeError
 from clusterodm.model import Node
@@ -23,6 +25,8 @@ class HealthMonitor:
         self.client = client
         self.interval_s = interval_s
         self._wake = asyncio.Event()
+        #: False while another instance refreshes for the whole cluster (shared store)
+        self.leads: Callable[[], bool] = lambda: True
 
     async def refresh(self, node: Node) -> bool:
         """Probe one node; True if it answered a usable /info."""
@@ -51,7 +55,8 @@ class HealthMonitor:
         """Refresh forever; started and cancelled by the app's cleanup context."""
         while True:
             try:
-                await self.refresh_all()
+                if self.leads():
+                    await self.refresh_all()
             except Exception:
                 log.exception("node refresh round failed")
             self._wake.clear()

@@ -4,6 +4,10 @@ Owns the in-memory view of nodes (read on every request, so lookups never touch 
 writes every change through to the ``Store``. Online rule as the original: the last successful
 ``/info`` is younger than the online window; better than the original, a failed refresh marks
 the node offline at once instead of two minutes later.
+
+With a shared store (several instances) the list is re-read from the store (``reload``) on an
+interval and whenever another instance announces a change (``nodes``); one instance, the
+leader, refreshes ``/info`` and the others read its results with their ``last_refreshed_ms``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from clusterodm.errors import InvalidRequest
@@ -41,12 +45,30 @@ class NodeRegistry:
         self._last_chosen: dict[str, int] = {}
         self._turn = 0
         self.listeners: list[Callable[[], Any]] = []
+        #: set with a shared store: tells the other instances the list changed (``nodes``)
+        self.announce: Callable[[str], Awaitable[None]] | None = None
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
     async def load(self) -> None:
         self._nodes = await self._store.list_nodes()
+
+    async def reload(self) -> None:
+        """Take the store's list (shared store). A node this instance saw fail counts as
+        offline until a newer refresh than the one it failed after is stored."""
+        fresh = await self._store.list_nodes()
+        before = {n.key: n for n in self._nodes}
+        for node in fresh:
+            old = before.get(node.key)
+            if old is None or node.last_refreshed_ms > old.last_refreshed_ms:
+                self._failed.discard(node.key)
+        keys = {n.key for n in fresh}
+        self._failed &= keys
+        changed = fresh != self._nodes
+        self._nodes = fresh
+        if changed:
+            self._notify()
 
     # --- reading -------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
@@ -146,6 +168,7 @@ class NodeRegistry:
         await self._store.put_node(node)
         self._nodes.append(node)
         self._notify()
+        await self._announce()
         log.info("node added: %s", node.key)
         return node
 
@@ -157,14 +180,19 @@ class NodeRegistry:
         self._nodes = [n for n in self._nodes if n.key != key]
         self._failed.discard(key)
         self._notify()
+        await self._announce()
         log.info("node removed: %s", key)
         return node
 
     async def set_locked(self, key: str, locked: bool) -> Node | None:
-        return await self._update(key, locked=locked)
+        updated = await self._update(key, locked=locked)
+        await self._announce()
+        return updated
 
     async def set_machine(self, key: str, machine: dict[str, Any] | None) -> Node | None:
-        return await self._update(key, machine=machine)
+        updated = await self._update(key, machine=machine)
+        await self._announce()
+        return updated
 
     async def record_info(self, key: str, info: NodeInfo) -> Node | None:
         self._failed.discard(key)
@@ -188,6 +216,13 @@ class NodeRegistry:
         node = self.get(key)
         if node is None:
             return None
+        if self.announce is not None:
+            # shared: start from the stored node, so another instance's change (a lock) made
+            # since our last reload is not written back over
+            stored = {n.key: n for n in await self._store.list_nodes()}.get(key)
+            if stored is None:
+                return None
+            node = stored
         updated = dataclasses.replace(node, **changes)
         await self._store.put_node(updated)
         self._replace(updated)
@@ -196,6 +231,10 @@ class NodeRegistry:
 
     def _replace(self, updated: Node) -> None:
         self._nodes = [updated if n.key == updated.key else n for n in self._nodes]
+
+    async def _announce(self) -> None:
+        if self.announce is not None:
+            await self.announce("nodes")
 
     def _notify(self) -> None:
         for listener in self.listeners:

@@ -157,8 +157,10 @@ async def task_new(request: web.Request) -> web.Response:
     return web.json_response({"uuid": uuid})
 
 
-def locate(request: web.Request, uuid: str, action: str) -> tuple[Node | None, TaskEntry | None]:
-    return deps(request).actions.locate(uuid, user_of(request), action)
+async def locate(
+    request: web.Request, uuid: str, action: str
+) -> tuple[Node | None, TaskEntry | None]:
+    return await deps(request).actions.locate(uuid, user_of(request), action)
 
 
 def _int_query(request: web.Request, key: str) -> int | None:
@@ -190,7 +192,7 @@ async def _node_answer_or_entry(
 ) -> web.StreamResponse | TaskEntry:
     """The owning node's answer to ``/task/<uuid>/<action>``, or the entry the proxy holds."""
     uuid = request.match_info["uuid"]
-    node, task = locate(request, uuid, action)
+    node, task = await locate(request, uuid, action)
     if node is not None:
         return await _ask_node(request, node, f"/task/{uuid}/{action}", uuid)
     assert task is not None
@@ -216,7 +218,7 @@ async def task_output(request: web.Request) -> web.StreamResponse:
 async def task_download(request: web.Request) -> web.StreamResponse:
     d = deps(request)
     uuid, asset = request.match_info["uuid"], request.match_info["asset"]
-    node, _ = locate(request, uuid, "download")
+    node, _ = await locate(request, uuid, "download")
     links = getattr(d.dispatcher.provisioner, "downloads", None)
     if isinstance(links, S3Downloads):  # the autoscaler's bucket; presigned if private
         raise web.HTTPFound(links.url(uuid, asset))

@@ -2,6 +2,10 @@
 
 Shared by the proxy and the admin fronts, so both apply the same ownership rule and the same
 handling of tasks the proxy still holds.
+
+With a shared store (several instances), a route missing here is read from the store, and a
+task the proxy holds is always read from the store (another instance may be dispatching it);
+cancelling or removing it is announced so the instance running its dispatch stops.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from clusterodm.access.base import User
@@ -42,25 +47,32 @@ class TaskActions:
         self.dispatcher = dispatcher
         self.intake = intake
         self.per_user = per_user
+        #: set with a shared store: tells the other instances (``cancel <uuid>``)
+        self.announce: Callable[[str], Awaitable[None]] | None = None
 
     def visible(self, user: User | None, owner: str) -> bool:
         """Admins (user None) see everything; with per-user tokens a user sees only theirs."""
         return user is None or not self.per_user or owner == user.owner
 
-    def locate(
+    async def locate(
         self, uuid: str, user: User | None, action: str
     ) -> tuple[Node | None, TaskEntry | None]:
         """The node that owns ``uuid``, or its task-table entry; TaskNotFound otherwise."""
         missing = TaskNotFound(f"Invalid route for taskId {uuid}:{action}, no task table entry.")
         if not ANY_UUID_RE.match(uuid):
             raise missing
+        shared = self.announce is not None
         route = self.routes.get(uuid)
+        if route is None and shared:
+            route = await self.routes.fetch(uuid)
         if route is not None and self.visible(user, route.owner):
             node = self.registry.get(route.node_key)
             if node is not None:
                 self.routes.touch(uuid)
                 return node, None
         task = self.table.get(uuid)
+        if shared and not self.dispatcher.active(uuid):
+            task = await self.table.refresh(uuid)
         if task is not None and self.visible(user, task.owner):
             return None, task
         raise missing
@@ -96,7 +108,7 @@ class TaskActions:
         return held + on_nodes
 
     async def info(self, uuid: str, user: User | None, with_output: int | None = None) -> Any:
-        node, task = self.locate(uuid, user, "info")
+        node, task = await self.locate(uuid, user, "info")
         if node is not None:
             query = {} if with_output is None else {"with_output": str(with_output)}
             return await self.client.get_json(node, f"/task/{uuid}/info", query)
@@ -104,7 +116,7 @@ class TaskActions:
         return task.info_json(int(time.time() * 1000), with_output)
 
     async def output(self, uuid: str, user: User | None, line: int = 0) -> Any:
-        node, task = self.locate(uuid, user, "output")
+        node, task = await self.locate(uuid, user, "output")
         if node is not None:
             return await self.client.get_json(node, f"/task/{uuid}/output", {"line": str(line)})
         assert task is not None
@@ -114,7 +126,7 @@ class TaskActions:
         self, action: str, uuid: str, user: User | None, options: Any = None
     ) -> dict[str, Any]:
         """cancel / remove / restart; the answer as NodeODM gives it (``success`` or ``error``)."""
-        node, task = self.locate(uuid, user, action)
+        node, task = await self.locate(uuid, user, action)
         if node is None:
             assert task is not None
             return await self._held(action, task)
@@ -134,6 +146,8 @@ class TaskActions:
 
     async def _held(self, action: str, task: TaskEntry) -> dict[str, Any]:
         """cancel / remove / restart of a task the proxy still holds."""
+        if self.announce is not None and action in ("cancel", "remove"):
+            await self.announce(f"cancel {task.uuid}")  # stop its dispatch on any instance
         if action == "cancel":
             await self.dispatcher.cancel(task.uuid)
             if not task.status.is_final:

@@ -8,6 +8,10 @@ and retries, switching to another node when one exists. The task-table entry is 
 each step, so after a crash ``resume`` starts every unfinished job again from the staged files.
 Jobs are owned here: a client leaving never cancels one; ``close`` cancels and awaits them all.
 
+With a shared store (several instances) a job first takes the task's claim (``DispatchClaims``):
+the instance holding it is the only one forwarding the task, and renews it while the job runs;
+a job that cannot take it ends at once (another instance is on it).
+
 Original: a task that finds no free slot is pushed onto a full node anyway, or fails; here it
 waits at the proxy, survives restarts, and is sent as soon as a slot frees up.
 """
@@ -20,14 +24,21 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from clusterodm import log as logctx
 from clusterodm.config import DispatchSettings
-from clusterodm.errors import CloudError, LimitExceeded, NodeError, NodeRejected, NodeUnreachable
+from clusterodm.errors import (
+    CloudError,
+    LimitExceeded,
+    NodeError,
+    NodeRejected,
+    NodeUnreachable,
+    StoreError,
+)
 from clusterodm.metrics import Metrics
 from clusterodm.model import Node, TaskEntry, TaskStage, TaskStatus
 from clusterodm.nodes.client import NodeClient
@@ -66,6 +77,16 @@ class NodeProvisioner(Protocol):
 
     async def discard(self, node_key: str) -> None:
         """Destroy an auto-spawned node that could not take its task."""
+
+
+class DispatchClaims(Protocol):
+    """Exactly-once dispatch between instances sharing a store (``tasks/scaleout.py``)."""
+
+    async def take(self, uuid: str) -> bool:
+        """Claim the task for this instance; False if another instance holds it."""
+
+    async def hold(self, uuid: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` while renewing the claim; release it at the end."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +134,7 @@ class Dispatcher:
         self.metrics: Metrics | None = None
         self.pipelines: UploadPipelines | None = None
         self.store: Store | None = None  # for the records of early-forwarded uploads
+        self.claims: DispatchClaims | None = None  # set with a shared store
 
     # --- jobs ----------------------------------------------------------------------------
     def submit(self, uuid: str) -> None:
@@ -300,10 +322,21 @@ class Dispatcher:
     async def _run(self, uuid: str) -> None:
         logctx.task_uuid.set(uuid)  # this job runs in its own context: every line names the task
         try:
-            await self._dispatch(uuid)
+            if self.claims is None:
+                await self._dispatch(uuid)
+            elif await self.claims.take(uuid):
+                await self.table.refresh(uuid)  # the instance that held it before may have moved it
+                await self.claims.hold(uuid, self._dispatch(uuid))
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from e  # a library reported our cancel as an error
+            if self.claims is not None and isinstance(e, StoreError):
+                # shared store out of reach: the claim lapses and the takeover scan restarts it
+                log.warning("task %s: dispatch stopped, state store failed: %s", uuid, e.message)
+                return
             log.exception("task %s: dispatch crashed", uuid)
             await self.table.say(
                 uuid, f"Dispatch failed: {e}", stage=TaskStage.FAILED, status=TaskStatus.FAILED

@@ -5,6 +5,7 @@ admin, offline past the grace period, or answering that it does not know the tas
 the task is sent again, under the same uuid, to another node; the client keeps polling the same
 uuid and reads in the output why it restarted. Once the node reports the task ended the images
 are released. Original: the images are deleted once sent, so a dead node takes its tasks down.
+With a shared store only the leader instance checks (``leads``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class FailoverMonitor:
         self._offline_since: dict[str, float] = {}
         self.moves = 0
         self.metrics: Metrics | None = None
+        #: False while another instance checks for the whole cluster (shared store)
+        self.leads: Callable[[], bool] = lambda: True
 
     async def check_once(self) -> None:
         landed = self.table.landed()
@@ -125,6 +128,8 @@ class FailoverMonitor:
         while True:
             await asyncio.sleep(self.settings.check_s)
             try:
+                if not self.leads():
+                    continue
                 await self.check_once()
             except Exception:
                 log.exception("failover check failed")

@@ -89,6 +89,8 @@ class TaskIntake:
         self.queue_at_limit = False
         self.clock = clock
         self.concurrency = concurrency
+        #: several instances on one shared store: they must share the staging folder too
+        self.shared = False
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -175,7 +177,14 @@ class TaskIntake:
 
     async def _upload_of(self, user: User, uuid: str) -> StagedUpload:
         upload = await self.store.get_upload(uuid) if is_valid_uuid(uuid) else None
-        if upload is None or upload.owner != user.owner or not self.staging.exists(uuid):
+        if upload is None or upload.owner != user.owner:
+            raise InvalidRequest("Invalid uuid (not found)")
+        if not self.staging.exists(uuid):
+            if self.shared:  # initialised on an instance whose staging folder we cannot see
+                raise InvalidRequest(
+                    "The staged files of this upload are not visible to this cluster instance: "
+                    "instances sharing a --store must share --data-dir (docs/scale-out.md)"
+                )
             raise InvalidRequest("Invalid uuid (not found)")
         return upload
 

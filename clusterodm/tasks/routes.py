@@ -2,12 +2,15 @@
 
 Lookups are on the hot path of every poll, so they are dict reads; ``accessed`` stamps are kept
 in memory and flushed to the store in batches (``flush``), never one write per request.
+
+With a shared store (several instances) a miss is read from the store (``fetch``) and kept, and a
+deletion is announced so the other instances drop their copy (``forget``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from clusterodm.model import Route
 from clusterodm.store.base import Store
@@ -19,6 +22,8 @@ class RouteTable:
         self._clock = clock
         self._routes: dict[str, Route] = {}
         self._accessed: dict[str, int] = {}
+        #: set with a shared store: tells the other instances (``route-deleted <uuid>``)
+        self.announce: Callable[[str], Awaitable[None]] | None = None
 
     async def load(self) -> None:
         self._routes = {r.uuid: r for r in await self._store.list_routes()}
@@ -28,6 +33,18 @@ class RouteTable:
 
     def get(self, uuid: str) -> Route | None:
         return self._routes.get(uuid)
+
+    async def fetch(self, uuid: str) -> Route | None:
+        """A route another instance may have written (shared store): read it and keep it."""
+        route = await self._store.get_route(uuid)
+        if route is not None:
+            self._routes[uuid] = route
+        return route
+
+    def forget(self, uuid: str) -> None:
+        """Drop the in-memory copy only (another instance deleted the route)."""
+        self._routes.pop(uuid, None)
+        self._accessed.pop(uuid, None)
 
     def touch(self, uuid: str) -> None:
         """Note an access; written to the store at the next flush."""
@@ -50,6 +67,10 @@ class RouteTable:
         if self._routes.pop(uuid, None) is not None:
             self._accessed.pop(uuid, None)
             await self._store.delete_route(uuid)
+        elif self.announce is not None:  # shared: the route may be in the store only
+            await self._store.delete_route(uuid)
+        if self.announce is not None:
+            await self.announce(f"route-deleted {uuid}")
 
     def forget_node(self, node_key: str) -> list[str]:
         """Drop the in-memory routes of a removed node (the store drops its own)."""

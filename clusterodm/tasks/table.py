@@ -6,6 +6,7 @@ restart finds every one of them (original: memory only, lost on restart).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from clusterodm.model import TaskEntry, TaskStage
@@ -22,6 +23,24 @@ class TaskTable:
 
     def get(self, uuid: str) -> TaskEntry | None:
         return self._tasks.get(uuid)
+
+    async def refresh(self, uuid: str) -> TaskEntry | None:
+        """Read one entry from the store into memory (another instance may have changed it)."""
+        task = await self._store.get_task(uuid)
+        if task is None:
+            self._tasks.pop(uuid, None)
+        else:
+            self._tasks[uuid] = task
+        return task
+
+    def sync(self, entries: Iterable[TaskEntry], keep: Callable[[str], bool]) -> None:
+        """Take the store's entries as the memory view (shared store), except those ``keep``
+        names: a job here is writing them, so the memory copy is the newest."""
+        fresh = {t.uuid: t for t in entries}
+        for uuid, task in self._tasks.items():
+            if keep(uuid):
+                fresh[uuid] = task
+        self._tasks = fresh
 
     def all(self) -> list[TaskEntry]:
         """Tasks the proxy answers for: not those already on a node (stage LANDED)."""

@@ -1,0 +1,217 @@
+"""ScaleOut: several proxy instances on one shared store act as one cluster.
+
+Owns what only exists when the store is shared (``--store redis://...``): this instance's id,
+the per-task dispatch claims, the leader lease, the listener for other instances' notices and
+the periodic scan that re-reads the node list and the task table and takes over tasks whose
+claim lapsed (their instance died). Sees the store through ``Coordination`` and ``Store`` only.
+
+Claims are keys with an expiry (``claim:task:<uuid>``, ``claim:leader``): the holder renews
+them well before they lapse, so a holder that is killed loses them within one ``ttl``, and a
+holder that cannot reach the store stops acting as holder (it never renews blind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Coroutine
+from typing import Any
+
+from clusterodm.config import ScaleOutSettings
+from clusterodm.errors import StoreError
+from clusterodm.nodes.registry import NodeRegistry
+from clusterodm.store.base import Coordination, Store
+from clusterodm.tasks.dispatch import PENDING, Dispatcher
+from clusterodm.tasks.routes import RouteTable
+from clusterodm.tasks.table import TaskTable
+
+log = logging.getLogger(__name__)
+
+LEADER = "leader"
+RESUBSCRIBE_S = 1.0
+
+
+DEFAULT_SCALE_OUT = ScaleOutSettings()
+
+
+def new_instance_id() -> str:
+    """Unique per process: host, pid and a random part (a pid may be reused after a restart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def stop_if_cancelled() -> None:
+    """Re-raise a cancellation that a library turned into an error (redis-py may report a
+    cancelled read as a connection error); a loop that caught it would otherwise run on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def task_key(uuid: str) -> str:
+    return "task:" + uuid
+
+
+class TaskClaims:
+    """``DispatchClaims`` on the shared store: one dispatching instance per task."""
+
+    def __init__(self, coordination: Coordination, owner: str, settings: ScaleOutSettings) -> None:
+        self.coordination = coordination
+        self.owner = owner
+        self.settings = settings
+
+    async def take(self, uuid: str) -> bool:
+        return await self.coordination.claim(
+            task_key(uuid), self.owner, int(self.settings.claim_ttl_s * 1000)
+        )
+
+    async def hold(self, uuid: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work``, renewing the claim; a claim lost to another instance stops the work."""
+        job = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({job}, timeout=self.settings.renew_s)
+                if job in done:
+                    return job.result()
+                try:
+                    kept = await self.take(uuid)
+                except StoreError as e:
+                    stop_if_cancelled()
+                    log.warning("task %s: claim not renewed: %s", uuid, e.message)
+                    continue  # the work needs the store too; it fails or the store comes back
+                if not kept:
+                    log.warning("task %s: another instance took the task over", uuid)
+                    return
+        finally:
+            if not job.done():
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+            with contextlib.suppress(StoreError):
+                await self.coordination.release(task_key(uuid), self.owner)
+
+
+class ScaleOut:
+    """The background work of one instance among several; started by ``app.py``."""
+
+    def __init__(
+        self,
+        coordination: Coordination,
+        store: Store,
+        registry: NodeRegistry,
+        routes: RouteTable,
+        table: TaskTable,
+        dispatcher: Dispatcher,
+        settings: ScaleOutSettings = DEFAULT_SCALE_OUT,
+        instance_id: str | None = None,
+    ) -> None:
+        self.coordination = coordination
+        self.store = store
+        self.registry = registry
+        self.routes = routes
+        self.table = table
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.instance_id = instance_id or new_instance_id()
+        self.claims = TaskClaims(coordination, self.instance_id, settings)
+        self.is_leader = False
+        self.takeovers = 0
+
+    def leads(self) -> bool:
+        return self.is_leader
+
+    async def announce(self, event: str) -> None:
+        """Tell the other instances; a lost notice is caught up by their next scan."""
+        try:
+            await self.coordination.publish(event)
+        except StoreError as e:
+            stop_if_cancelled()
+            log.warning("could not announce %r: %s", event, e.message)
+
+    # --- leader lease ------------------------------------------------------------------------
+    async def hold_lease(self) -> bool:
+        try:
+            leads = await self.coordination.claim(
+                LEADER, self.instance_id, int(self.settings.claim_ttl_s * 1000)
+            )
+        except StoreError as e:
+            stop_if_cancelled()
+            log.warning("leader lease not renewed: %s", e.message)
+            leads = False
+        if leads != self.is_leader:
+            log.info("this instance %s the leader", "is now" if leads else "is no longer")
+        self.is_leader = leads
+        return leads
+
+    async def run_lease(self) -> None:
+        while True:
+            await self.hold_lease()
+            await asyncio.sleep(self.settings.claim_ttl_s / 3)
+
+    async def close(self) -> None:
+        """Give the lease up at once, so another instance need not wait for it to lapse."""
+        if self.is_leader:
+            self.is_leader = False
+            with contextlib.suppress(StoreError):
+                await self.coordination.release(LEADER, self.instance_id)
+
+    # --- notices from other instances --------------------------------------------------------
+    async def on_event(self, event: str, first: bool) -> None:
+        kind, _, arg = event.partition(" ")
+        if kind == "":  # (re)subscribed: catch up on what may have been missed
+            await self.registry.reload()
+            if not first:
+                await self.routes.load()
+        elif kind == "nodes":
+            await self.registry.reload()
+        elif kind == "route-deleted":
+            self.routes.forget(arg)
+        elif kind == "cancel":
+            await self.dispatcher.cancel(arg)
+
+    async def run_events(self) -> None:
+        first = True
+        while True:
+            try:
+                async for event in self.coordination.events():
+                    await self.on_event(event, first)
+                    if event == "":
+                        first = False
+            except StoreError as e:
+                stop_if_cancelled()
+                log.warning("notices from other instances interrupted: %s", e.message)
+            except Exception:
+                stop_if_cancelled()
+                log.exception("handling a notice from another instance failed")
+            await asyncio.sleep(RESUBSCRIBE_S)
+
+    # --- scan --------------------------------------------------------------------------------
+    async def scan_once(self) -> int:
+        """Re-read nodes and task table; start the pending tasks nobody holds. Answers how many."""
+        await self.registry.reload()
+        tasks = await self.store.list_tasks()
+        self.table.sync(tasks, keep=self.dispatcher.active)
+        pending = [t.uuid for t in tasks if t.stage in PENDING]
+        pending = [u for u in pending if not self.dispatcher.active(u)]
+        holders = await self.coordination.holders([task_key(u) for u in pending])
+        free = [u for u, holder in zip(pending, holders, strict=True) if holder is None]
+        for uuid in free:
+            log.info("task %s: no instance holds it, taking it over", uuid)
+            self.dispatcher.submit(uuid)
+        self.takeovers += len(free)
+        return len(free)
+
+    async def run_scan(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.scan_s)
+            try:
+                await self.scan_once()
+            except StoreError as e:
+                stop_if_cancelled()
+                log.warning("scan of the shared state failed: %s", e.message)
+            except Exception:
+                stop_if_cancelled()
+                log.exception("scan of the shared state failed")

@@ -1,0 +1,269 @@
+"""Several instances on one Redis (in this process): notices, leader, claims, takeover, outages.
+
+The same scenario with real processes, pyodm and ``kill -9`` is in tests/e2e/test_scale_out.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import FormData
+
+from clusterodm.app import Cluster
+from clusterodm.config import ScaleOutSettings
+from clusterodm.store.redis import RedisStore
+from clusterodm.tasks.scaleout import ScaleOut, task_key
+from tests.conftest import ClusterFactory, SimnodeFactory
+from tests.helpers import eventually
+from tests.redis_server import RedisServer, flush_all, redis_server_or_skip
+
+FAST = ScaleOutSettings(claim_ttl_s=1.5, scan_s=0.3)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = redis_server_or_skip()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store_url(redis_server: RedisServer) -> Iterator[str]:
+    yield f"{redis_server.url}?prefix=t-{uuidlib.uuid4().hex[:8]}:"
+    flush_all(redis_server.port)
+
+
+def scaleout(cluster: Cluster) -> ScaleOut:
+    part = cluster.extra["scale-out"]
+    assert isinstance(part, ScaleOut)
+    return part
+
+
+async def three(
+    cluster_factory: ClusterFactory,
+    url: str,
+    staging: Path,
+    nodes: list[Any],
+    settings: ScaleOutSettings = FAST,
+) -> list[Cluster]:
+    first = await cluster_factory(nodes, store=url, data_dir=staging, scale_out=settings)
+    rest = [
+        await cluster_factory(store=url, data_dir=staging, scale_out=settings) for _ in range(2)
+    ]
+    return [first, *rest]
+
+
+async def json_of(resp: aiohttp.ClientResponse) -> Any:
+    async with resp:
+        return await resp.json()
+
+
+async def code(s: aiohttp.ClientSession, url: str, uuid: str) -> Any:
+    body = await json_of(await s.get(f"{url}/task/{uuid}/info"))
+    return body.get("status", {}).get("code")
+
+
+def images(*names: str) -> FormData:
+    form = FormData()
+    for name in names:
+        form.add_field("images", name.encode() * 100, filename=name)
+    return form
+
+
+async def test_a_node_added_on_one_instance_is_seen_by_all_at_once(
+    store_url: str,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    slow_scan = ScaleOutSettings(claim_ttl_s=5.0, scan_s=60.0)  # only the notice can do it
+    a, b, c = await three(cluster_factory, store_url, tmp_path / "shared", [], slow_scan)
+    sim = await simnode_factory()
+    started = time.monotonic()
+    await b.registry.add(sim.host, sim.port)
+    key = f"{sim.host}:{sim.port}"
+    for other in (a, c):
+        await eventually(lambda o=other: o.registry.get(key), timeout_s=5, message="node seen")
+    assert time.monotonic() - started < 5.0
+    await c.registry.set_locked(key, True)
+    await eventually(lambda: (n := a.registry.get(key)) is not None and n.locked, timeout_s=5)
+    await a.registry.remove(key)
+    await eventually(lambda: b.registry.get(key) is None and c.registry.get(key) is None)
+
+
+async def test_one_leader_refreshes_and_a_successor_takes_over(
+    store_url: str,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    sim = await simnode_factory()
+    clusters = await three(cluster_factory, store_url, tmp_path / "shared", [sim])
+    leaders = [c for c in clusters if scaleout(c).is_leader]
+    assert len(leaders) == 1
+    followers = [c for c in clusters if c is not leaders[0]]
+    key = f"{sim.host}:{sim.port}"
+    for follower in followers:
+        node = follower.registry.get(key)
+        assert node is not None and follower.registry.is_online(node), "reads the leader's /info"
+    await leaders[0].stop()
+    await eventually(
+        lambda: sum(scaleout(c).is_leader for c in followers) == 1,
+        timeout_s=5,
+        message="a new leader",
+    )
+
+
+async def test_init_upload_commit_and_polls_on_different_instances(
+    store_url: str,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    sim = await simnode_factory(test_seconds=0.2)
+    a, b, c = await three(cluster_factory, store_url, tmp_path / "shared", [sim])
+    async with aiohttp.ClientSession() as s:
+        uuid = (await json_of(await s.post(f"{a.url}/task/new/init", data=FormData({})))).get(
+            "uuid"
+        )
+        assert isinstance(uuid, str)
+        up = await s.post(f"{b.url}/task/new/upload/{uuid}", data=images("1.jpg", "2.jpg"))
+        assert await json_of(up) == {"success": True}
+        up = await s.post(f"{c.url}/task/new/upload/{uuid}", data=images("3.jpg"))
+        assert await json_of(up) == {"success": True}
+        assert await json_of(await s.post(f"{c.url}/task/new/commit/{uuid}")) == {"uuid": uuid}
+        for cluster in (a, b, c):
+            assert await code(s, cluster.url, uuid) in (10, 20, 40), "every instance knows it"
+        for cluster in (a, b, c):
+            await eventually(lambda u=cluster.url: _is(code(s, u, uuid), 40), timeout_s=15)
+        assert sorted(sim.tasks[uuid].images) == ["1.jpg", "2.jpg", "3.jpg"]
+        zips = []
+        for cluster in (a, b, c):
+            async with s.get(f"{cluster.url}/task/{uuid}/download/all.zip") as r:
+                assert r.status == 200
+                zips.append(await r.read())
+        assert zips[0] and zips[0] == zips[1] == zips[2]
+        sent = [
+            c.metrics.registry.get_sample_value("clusterodm_dispatches_total") for c in (a, b, c)
+        ]
+        assert sum(x or 0 for x in sent) == 1, "forwarded by one instance only"
+
+        # removed through one instance: the others stop answering for it at once
+        await b.deps.routes.fetch(uuid)
+        removed = await s.post(f"{a.url}/task/remove", data={"uuid": uuid})
+        assert await json_of(removed) == {"success": True}
+        await eventually(lambda: b.deps.routes.get(uuid) is None, timeout_s=5)
+        info = await json_of(await s.get(f"{b.url}/task/{uuid}/info"))
+        assert "error" in info
+
+
+async def _is(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+async def test_a_task_whose_claim_lapses_is_taken_over(
+    store_url: str,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    sim = await simnode_factory()
+    a, b, _ = await three(cluster_factory, store_url, tmp_path / "shared", [sim])
+    coordination = a.store
+    assert isinstance(coordination, RedisStore)
+    async with aiohttp.ClientSession() as s:
+        uuid = (await json_of(await s.post(f"{a.url}/task/new/init", data=FormData({}))))["uuid"]
+        up = await s.post(f"{a.url}/task/new/upload/{uuid}", data=images("x.jpg"))
+        assert await json_of(up) == {"success": True}
+        # an instance that dies right after claiming: its claim lapses, nobody renews it
+        assert await coordination.claim(task_key(uuid), "dead-instance", 1500)
+        assert await json_of(await s.post(f"{b.url}/task/new/commit/{uuid}")) == {"uuid": uuid}
+        assert uuid not in sim.tasks
+        await eventually(lambda: uuid in sim.tasks, timeout_s=10, message="taken over")
+        await eventually(lambda: _is(code(s, a.url, uuid), 40), timeout_s=10)
+    assert sum(scaleout(c).takeovers for c in (a, b, _)) >= 1
+
+
+async def test_a_cancel_on_one_instance_stops_the_dispatch_on_another(
+    store_url: str,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    sim = await simnode_factory()
+    a, b, _ = await three(cluster_factory, store_url, tmp_path / "shared", [sim])
+    async with aiohttp.ClientSession() as s:
+        uuid = (await json_of(await s.post(f"{a.url}/task/new/init", data=FormData({}))))["uuid"]
+        await json_of(await s.post(f"{a.url}/task/new/upload/{uuid}", data=images("x.jpg")))
+        sim.config.hang = True  # the dispatch on a hangs
+        assert await json_of(await s.post(f"{a.url}/task/new/commit/{uuid}")) == {"uuid": uuid}
+        assert a.deps.dispatcher.active(uuid)
+        cancel = await s.post(f"{b.url}/task/cancel", data={"uuid": uuid})
+        assert await json_of(cancel) == {"success": True}
+        await eventually(lambda: not a.deps.dispatcher.active(uuid), timeout_s=5)
+        sim.config.hang = False
+        assert await code(s, a.url, uuid) == 50
+
+
+async def test_files_staged_where_another_instance_cannot_see_them(
+    store_url: str,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    sim = await simnode_factory()
+    a = await cluster_factory([sim], store=store_url, data_dir=tmp_path / "a", scale_out=FAST)
+    b = await cluster_factory(store=store_url, data_dir=tmp_path / "b", scale_out=FAST)
+    async with aiohttp.ClientSession() as s:
+        uuid = (await json_of(await s.post(f"{a.url}/task/new/init", data=FormData({}))))["uuid"]
+        up = await json_of(await s.post(f"{b.url}/task/new/upload/{uuid}", data=images("x.jpg")))
+        assert "must share --data-dir" in up["error"]
+
+
+@pytest.fixture
+def lasting_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server that keeps its data across a restart (append-only file), as in production."""
+    server = redis_server_or_skip()
+    server.stop()
+    (tmp_path / "redis").mkdir()
+    server.extra_args = ["--appendonly", "yes", "--appendfsync", "always"]
+    server.extra_args += ["--dir", str(tmp_path / "redis")]
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_redis_going_away_is_a_clear_error_and_the_instances_recover(
+    lasting_server: RedisServer,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    sim = await simnode_factory()
+    a, b, c = await three(cluster_factory, lasting_server.url, tmp_path / "shared", [sim])
+    async with aiohttp.ClientSession() as s:
+        lasting_server.stop()
+        started = time.monotonic()
+        async with asyncio.timeout(15):
+            refused = await json_of(await s.post(f"{b.url}/task/new/init", data=FormData({})))
+        assert "State store unavailable" in refused["error"]
+        assert time.monotonic() - started < 10.0
+        await eventually(lambda: not any(scaleout(x).is_leader for x in (a, b, c)), timeout_s=10)
+
+        lasting_server.start()
+        await eventually(lambda: sum(scaleout(x).is_leader for x in (a, b, c)) == 1, timeout_s=10)
+        for cluster in (a, b, c):
+            init = await json_of(await s.post(f"{cluster.url}/task/new/init", data=FormData({})))
+            assert "uuid" in init, init
+        # notices flow again: a node added now reaches every instance
+        other = await simnode_factory()
+        await a.registry.add(other.host, other.port)
+        key = f"{other.host}:{other.port}"
+        await eventually(lambda: b.registry.get(key) and c.registry.get(key), timeout_s=5)
