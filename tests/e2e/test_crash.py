@@ -27,8 +27,9 @@ LISTENING = re.compile(r"listening on port (\d+)")
 class ProxyProcess:
     """``python -m clusterodm`` in its own process, so it can be killed for real."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *args: str) -> None:
         self.data_dir = data_dir
+        self.args = args  # more flags, e.g. --store for several instances
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.drain: asyncio.Future[None] | None = None
@@ -43,6 +44,7 @@ class ProxyProcess:
             "--admin-cli-port=0",
             "--admin-web-port=0",
             f"--data-dir={self.data_dir}",
+            *self.args,
             stderr=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
         )
