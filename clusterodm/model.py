@@ -205,8 +205,8 @@ class StagedUpload:
     fields: dict[str, Any]
     options: list[dict[str, Any]]
     created_ms: int
-    last_upload_ms: int
-    files: tuple[str, ...] = ()
+    last_upload_ms: int  # as of init; the staging folder's times say when files arrived
+    files: tuple[str, ...] = ()  # kept across a re-init; the staging folder lists the rest
 
 
 def slice_lines(lines: list[str], line: int) -> list[str]:

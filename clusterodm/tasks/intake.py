@@ -208,18 +208,8 @@ class TaskIntake:
                 pipelines.file_saved(uuid, self.staging.path(uuid) / saved[-1])
         if not saved:
             raise InvalidRequest("Need at least 1 file.")
-        latest = await self.store.get_upload(uuid) or upload
-        await self.store.put_upload(
-            StagedUpload(
-                latest.uuid,
-                latest.owner,
-                latest.fields,
-                latest.options,
-                latest.created_ms,
-                self._now_ms(),
-                (*latest.files, *saved),
-            )
-        )
+        # The staging folder is the record of what arrived: no store write per upload request
+        # (a growing file list rewritten 200 times cost a tenth of the proxy's upload CPU).
         return len(saved)
 
     async def _pipeline_for(self, upload: StagedUpload) -> UploadPipelines | None:
