@@ -39,6 +39,7 @@ the store gets a clear answer in seconds instead of hanging.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -592,6 +593,7 @@ class RedisStore:
                     if message is not None and message.get("type") == "message":
                         yield str(_text(message["data"]) or "")
             except self._unavailable as exc:
+                _cancelled_as(exc)
                 raise StoreError(f"State store unavailable ({self.location}): {exc}") from exc
             except self._failed as exc:
                 raise StoreError(f"state store failed: {exc}") from exc
@@ -671,11 +673,20 @@ class RedisStore:
         except StoreError:
             raise
         except self._unavailable as exc:
+            _cancelled_as(exc)
             raise StoreError(f"State store unavailable ({self.location}): {exc}") from exc
         except self._failed as exc:
             raise StoreError(f"state store failed: {exc}") from exc
         except (ValueError, TypeError, KeyError) as exc:
             raise StoreError(f"state store holds or was given unusable data: {exc!r}") from exc
+
+
+def _cancelled_as(exc: BaseException) -> None:
+    """redis-py may report a cancelled read as a connection error; raise the cancellation
+    instead, or a loop that handles ``StoreError`` would run on after being cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
 
 
 def _text(value: bytes | str | None) -> str | None:
