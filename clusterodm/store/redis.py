@@ -590,6 +590,7 @@ class RedisStore:
                 yield ""
                 while True:
                     message = await pubsub.get_message(timeout=EVENT_POLL_S)
+                    _cancelled_as(None)  # a cancel taken for the poll's timeout answers None
                     if message is not None and message.get("type") == "message":
                         yield str(_text(message["data"]) or "")
             except self._unavailable as exc:
@@ -681,7 +682,7 @@ class RedisStore:
             raise StoreError(f"state store holds or was given unusable data: {exc!r}") from exc
 
 
-def _cancelled_as(exc: BaseException) -> None:
+def _cancelled_as(exc: BaseException | None) -> None:
     """redis-py may report a cancelled read as a connection error; raise the cancellation
     instead, or a loop that handles ``StoreError`` would run on after being cancelled."""
     task = asyncio.current_task()
