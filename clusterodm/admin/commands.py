@@ -244,16 +244,20 @@ class AdminCommands:
         out: list[Any] = [info for info in infos if info is not None]
         if number is None:
             now = _now_ms()
-            out.extend(t.info_json(now) for t in self.deps.table.all())
+            out.extend(t.info_json(now) for t in self._held())
         return out
+
+    def _held(self) -> list[TaskEntry]:
+        """Tasks the proxy answers for; one that already has a route is landing on its node
+        and is listed from there."""
+        routed = self.deps.routes.get
+        return [t for t in self.deps.table.all() if routed(t.uuid) is None]
 
     async def task_overview(self, limit: int) -> list[dict[str, Any]]:
         """For the web page: each known task with its node and status, newest first."""
         rows: list[dict[str, Any]] = []
         now = _now_ms()
-        routed = self.deps.routes.get
-        held = [t for t in self.deps.table.all() if routed(t.uuid) is None]  # else: landing
-        for task in sorted(held, key=lambda t: -t.date_created_ms)[:limit]:
+        for task in sorted(self._held(), key=lambda t: -t.date_created_ms)[:limit]:
             rows.append(self._held_row(task, now))
         routes = self._recent(None, max(0, limit - len(rows)))
         infos = await self._node_infos(routes)
