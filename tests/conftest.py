@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from clusterodm.app import Cluster, start_cluster
 from clusterodm.config import DispatchSettings, Settings
 from clusterodm.simnode import SimNode, SimNodeConfig, start_simnode
+from tests.redis_server import RedisServer, flush_all, redis_server_or_skip
 
 SimnodeFactory = Callable[..., Awaitable[SimNode]]
 ClusterFactory = Callable[..., Awaitable[Cluster]]
@@ -64,3 +66,19 @@ async def cluster_factory(tmp_path: Path) -> AsyncIterator[ClusterFactory]:
     yield make
     for cluster in started:
         await cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the whole session of this test worker (skips without the binary,
+    fails under CI)."""
+    server = redis_server_or_skip()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store_url(redis_server: RedisServer) -> Iterator[str]:
+    """A Redis store URL with a prefix of its own, emptied after the test."""
+    yield f"{redis_server.url}?prefix=t-{uuidlib.uuid4().hex[:8]}:"
+    flush_all(redis_server.port)

@@ -10,8 +10,7 @@ import asyncio
 import hashlib
 import json
 import os
-import uuid as uuidlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from itertools import cycle
 from pathlib import Path
 from typing import Any
@@ -27,22 +26,8 @@ from clusterodm.tasks.scaleout import task_key
 from tests.conftest import SimnodeFactory
 from tests.e2e.test_crash import ProxyProcess, write_nodes_json
 from tests.helpers import eventually
-from tests.redis_server import RedisServer, flush_all, redis_server_or_skip
 
 CLAIM_TTL_S = 2.0
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = redis_server_or_skip()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def store_url(redis_server: RedisServer) -> Iterator[str]:
-    yield f"{redis_server.url}?prefix=e2e-{uuidlib.uuid4().hex[:8]}:"
-    flush_all(redis_server.port)
 
 
 @pytest.fixture

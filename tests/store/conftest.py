@@ -16,18 +16,10 @@ import pytest
 from clusterodm.store.base import Store
 from clusterodm.store.redis import RedisStore
 from clusterodm.store.sqlite import SqliteStore
-from tests.redis_server import RedisServer, flush_all, redis_server_or_skip
+from tests.redis_server import RedisServer, flush_all
 
 StoreFactory = Callable[[], Store]
 BACKENDS = ("sqlite", "redis")
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One redis-server for the whole session of this test worker."""
-    server = redis_server_or_skip()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

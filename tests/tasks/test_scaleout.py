@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,22 +21,9 @@ from clusterodm.store.redis import RedisStore
 from clusterodm.tasks.scaleout import ScaleOut, task_key
 from tests.conftest import ClusterFactory, SimnodeFactory
 from tests.helpers import eventually
-from tests.redis_server import RedisServer, flush_all, redis_server_or_skip
+from tests.redis_server import RedisServer, redis_server_or_skip
 
 FAST = ScaleOutSettings(claim_ttl_s=1.5, scan_s=0.3)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = redis_server_or_skip()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def store_url(redis_server: RedisServer) -> Iterator[str]:
-    yield f"{redis_server.url}?prefix=t-{uuidlib.uuid4().hex[:8]}:"
-    flush_all(redis_server.port)
 
 
 def scaleout(cluster: Cluster) -> ScaleOut:
