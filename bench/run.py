@@ -294,9 +294,10 @@ def routes_for(uuids: list[str], node_ports: list[int], total: int) -> list[Rout
 # --- clients --------------------------------------------------------------------------------
 
 
-def loadgen(*args: str) -> dict[str, Any]:
+def _run_client(module: str, what: str, *args: str) -> dict[str, Any]:
+    """Run one of bench's client programs in its own process; its JSON answer."""
     out = subprocess.run(
-        _python("-m", "bench.loadgen", *args),
+        _python("-m", module, *args),
         cwd=REPO,
         env=_env(),
         capture_output=True,
@@ -304,9 +305,13 @@ def loadgen(*args: str) -> dict[str, Any]:
         check=False,
     )
     if out.returncode != 0:
-        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
+        raise RuntimeError(f"{what} failed: {out.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(out.stdout)
     return result
+
+
+def loadgen(*args: str) -> dict[str, Any]:
+    return _run_client("bench.loadgen", "load generator", *args)
 
 
 def get_load(urls: list[str], concurrency: int, *, seconds: float = 0, requests: int = 0) -> Any:
@@ -319,18 +324,7 @@ def upload(url: str, profile: Profile, token: str, node: str) -> dict[str, Any]:
     args = ["--images", str(profile.images), "--size", str(profile.image_size), "--node", node]
     if token:
         args += ["--token", token]
-    out = subprocess.run(
-        _python("-m", "bench.upload", url, *args),
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"upload client failed: {out.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+    return _run_client("bench.upload", "upload client", url, *args)
 
 
 async def _make_task(url: str, token: str = "", set_uuid: str | None = None) -> str:

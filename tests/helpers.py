@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -49,3 +51,10 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not met within {timeout_s}s (last: {last!r})")
         time.sleep(interval_s)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace a file's content in one step, as operators are told to (write, then rename)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

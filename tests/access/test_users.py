@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from clusterodm.access.users import UsersAccess, parse_users
 from clusterodm.config import ConfigError
 from clusterodm.errors import AuthError
+from tests.helpers import write_atomically as write
 
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-9876543210"
@@ -36,12 +36,6 @@ name = "bob"
 token = "{BOB}"
 max_images = {bob_images}
 """
-
-
-def write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 async def test_tokens_map_to_named_users_with_limits(tmp_path: Path) -> None:

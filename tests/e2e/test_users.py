@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from clusterodm.app import Cluster
 from clusterodm.config import FailoverSettings
 from tests.conftest import ClusterFactory, SimnodeFactory
 from tests.helpers import eventually
+from tests.helpers import write_atomically as write
 
 ALICE = "alice-0f3c9a7e5d21b84c"
 BOB = "bob-77aa21c0e9d3f615"
@@ -43,12 +43,6 @@ name = "bob"
 token = "{BOB}"
 max_images = {bob_images}
 """
-
-
-def write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def images(count: int) -> FormData:
