@@ -444,7 +444,7 @@ async def sweep(cluster: Cluster) -> None:
     idle = s.stale_uploads_timeout_h * 3600 if s.stale_uploads_timeout_h > 0 else None
     removed = await cluster.staging.sweep(time.time(), s.stale_uploads_max_age_s, idle, held)
     for uuid in removed:
-        await cluster.store.delete_upload(uuid)
+        await cluster.deps.intake.forget_upload(uuid)
 
 
 async def serve(settings: Settings) -> None:

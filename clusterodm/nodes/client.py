@@ -172,14 +172,29 @@ class NodeClient:
             filename=name or path.name,
             content_type="application/octet-stream",
         )
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.timeouts.connect_s, sock_read=self.timeouts.stream_read_s
-        )
-        path_ = f"/task/new/upload/{uuid}"
-        status, body = await self._exchange("POST", node, path_, timeout, data=form)
+        await self._upload(node, uuid, data=form)
+
+    async def upload_body(
+        self,
+        node: Node,
+        uuid: str,
+        body: AsyncIterator[bytes],
+        content_type: str,
+        length: int | None,
+    ) -> None:
+        """Relay a client's upload request body as it arrives: the same multipart bytes, under
+        the same ``Content-Type`` (boundary) and, when known, ``Content-Length``."""
+        headers = {"Content-Type": content_type}
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        await self._upload(node, uuid, data=body, headers=headers)
+
+    async def _upload(self, node: Node, uuid: str, **kwargs: Any) -> None:
+        path = f"/task/new/upload/{uuid}"
+        status, body = await self._exchange("POST", node, path, self.stream_timeout, **kwargs)
         if status != 200:
             raise NodeRejected(f"upload answered HTTP {status}", node.key)
-        data = self._decode(node, path_, body)
+        data = self._decode(node, path, body)
         if not isinstance(data, dict) or data.get("success") is not True:
             err = data.get("error", "upload refused") if isinstance(data, dict) else "refused"
             no_retry = isinstance(data, dict) and bool(data.get("noRetry"))

@@ -5,25 +5,20 @@ Each handler turns HTTP into a call on the intake, the dispatcher or the owning 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import web
 
 from clusterodm.errors import InvalidRequest, NodeUnreachable
 from clusterodm.model import Node, TaskEntry, parse_line
 from clusterodm.proxy.deps import deps, user_of
+from clusterodm.proxy.formdata import FormPart, FormReader, RawSink, form_reader
 from clusterodm.proxy.forward import forward
 from clusterodm.results import S3Downloads, s3_asset_url
 from clusterodm.tasks.intake import FilePart
-
-MAX_FIELD_BYTES = 1 << 20
-PART_CHUNK = 256 * 1024
-UPLOAD_IDLE_S = 30.0
 
 
 def cluster_url(request: web.Request) -> str:
@@ -34,79 +29,46 @@ def cluster_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-async def _multipart(request: web.Request) -> MultipartReader | None:
-    if not request.content_type.startswith("multipart/"):
-        return None
-    try:
-        return await request.multipart()
-    except (ValueError, AssertionError, KeyError) as e:
-        raise InvalidRequest(f"Malformed multipart body: {e}") from None
+class ImageParts:
+    """The files of an upload form as the intake takes them (``UploadBody``): text parts go to
+    ``fields`` when given, else are skipped; a file in any field but ``images`` is refused."""
 
+    def __init__(
+        self,
+        reader: FormReader,
+        first: FormPart | None = None,
+        fields: dict[str, str] | None = None,
+    ) -> None:
+        self.reader = reader
+        self.first = first
+        self.fields = fields
+        self.content_type = reader.content_type
+        self.content_length = reader.content_length
 
-async def _read_field(part: BodyPartReader) -> str:
-    data = bytearray()
-    while chunk := await part.read_chunk(PART_CHUNK):
-        data.extend(chunk)
-        if len(data) > MAX_FIELD_BYTES:
-            raise InvalidRequest(f"Field {part.name} is too large")
-    return data.decode("utf-8", errors="replace")
+    def tap(self, sink: RawSink) -> bool:
+        return self.reader.tap(sink)
 
-
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    """A file's bytes; an upload that stalls is dropped (original: idle sockets after 30 s)."""
-    while True:
-        try:
-            chunk = await asyncio.wait_for(part.read_chunk(PART_CHUNK), UPLOAD_IDLE_S)
-        except TimeoutError:
-            raise InvalidRequest(
-                f"Upload stalled: nothing received for {UPLOAD_IDLE_S:.0f} s"
-            ) from None
-        if not chunk:
-            return
-        yield chunk
-
-
-async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
-    try:
-        part = await reader.next()
-    except (ValueError, AssertionError, aiohttp.ClientPayloadError) as e:
-        raise InvalidRequest(f"Malformed multipart body: {e}") from None
-    if part is None:
-        return None
-    if not isinstance(part, BodyPartReader):
-        raise InvalidRequest("Nested multipart bodies are not supported")
-    return part
-
-
-async def _image_parts(
-    reader: MultipartReader,
-    first: BodyPartReader | None = None,
-    fields: dict[str, str] | None = None,
-) -> AsyncIterator[FilePart]:
-    """The files of a multipart body; text parts go to ``fields`` when given, else are skipped."""
-    part = first or await _next_part(reader)
-    while part is not None:
-        if part.filename is not None:
-            if part.name != "images":
-                raise InvalidRequest("Unexpected field")
-            yield FilePart(part.filename, _part_chunks(part))
-        elif fields is not None and part.name:
-            fields[part.name] = await _read_field(part)
-        else:
-            await part.release()
-        part = await _next_part(reader)
+    async def __aiter__(self) -> AsyncIterator[FilePart]:
+        reader = self.reader
+        part = self.first or await reader.next()
+        while part is not None:
+            if part.filename is not None:
+                if part.name != "images":
+                    raise InvalidRequest("Unexpected field")
+                yield FilePart(part.filename, reader.chunks())
+            elif self.fields is not None and part.name:
+                self.fields[part.name] = await reader.text(part.name)
+            part = await reader.next()
 
 
 async def task_new_init(request: web.Request) -> web.Response:
     d, user = deps(request), user_of(request)
     fields: dict[str, str] = {}
-    reader = await _multipart(request)
+    reader = form_reader(request)
     if reader is not None:
-        while (part := await _next_part(reader)) is not None:
+        while (part := await reader.next()) is not None:
             if part.filename is None and part.name:
-                fields[part.name] = await _read_field(part)
-            else:
-                await part.release()
+                fields[part.name] = await reader.text(part.name)
     uuid = await d.intake.init(user, fields, request.headers.get("set-uuid"))
     return web.json_response({"uuid": uuid})
 
@@ -114,11 +76,11 @@ async def task_new_init(request: web.Request) -> web.Response:
 async def task_new_upload(request: web.Request) -> web.Response:
     d, user = deps(request), user_of(request)
     uuid = request.match_info["uuid"]
-    await d.intake.check_upload(user, uuid)
-    reader = await _multipart(request)
+    await d.intake.check_upload(user, uuid)  # before reading the body
+    reader = form_reader(request)
     if reader is None:
         raise InvalidRequest("Need at least 1 file.")
-    await d.intake.upload(user, uuid, _image_parts(reader))
+    await d.intake.upload(user, uuid, ImageParts(reader))
     return web.json_response({"success": True})
 
 
@@ -131,15 +93,15 @@ async def task_new_commit(request: web.Request) -> web.Response:
 async def task_new(request: web.Request) -> web.Response:
     """Single-request form: fields, then files in ``images``."""
     d, user = deps(request), user_of(request)
-    reader = await _multipart(request)
+    reader = form_reader(request)
     if reader is None:
         raise InvalidRequest("Need at least 1 file or a zip file url.")
     fields: dict[str, str] = {}
-    part = await _next_part(reader)
+    part = await reader.next()
     while part is not None and part.filename is None:
         if part.name:
-            fields[part.name] = await _read_field(part)
-        part = await _next_part(reader)
+            fields[part.name] = await reader.text(part.name)
+        part = await reader.next()
     if "zipurl" in fields:
         raise InvalidRequest("zipurl is not supported by this cluster; upload the images.")
     if part is None:
@@ -147,7 +109,7 @@ async def task_new(request: web.Request) -> web.Response:
     uuid = await d.intake.init(user, fields, request.headers.get("set-uuid"))
     try:
         late: dict[str, str] = {}
-        await d.intake.upload(user, uuid, _image_parts(reader, part, late))
+        await d.intake.upload(user, uuid, ImageParts(reader, part, late))
         if late:
             await d.intake.amend(user, uuid, late)
         await d.intake.commit(user, uuid, cluster_url(request))

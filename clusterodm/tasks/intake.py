@@ -55,6 +55,20 @@ class FilePart:
     chunks: AsyncIterator[bytes]
 
 
+class UploadBody(Protocol):
+    """An upload request's files, and the raw body they are parsed from (for early forwarding:
+    the node gets the very bytes the client sent, while they are staged here)."""
+
+    content_type: str
+    content_length: int | None
+
+    def tap(self, sink: Callable[[bytes], Awaitable[None]]) -> bool:
+        """Pass every raw chunk to ``sink`` before parsing; False once reading has begun."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[FilePart]: ...
+
+
 class TaskIntake:
     def __init__(
         self,
@@ -91,9 +105,34 @@ class TaskIntake:
         self.concurrency = concurrency
         #: several instances on one shared store: they must share the staging folder too
         self.shared = False
+        #: open uploads' records, read once (one instance only: with a shared store another
+        #: instance may commit the upload, so every request reads the store)
+        self._records: dict[str, StagedUpload] = {}
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    # --- upload records: the store, with the open ones kept in memory on a single instance ---
+
+    async def _get_upload(self, uuid: str) -> StagedUpload | None:
+        record = self._records.get(uuid)
+        if record is None:
+            record = await self.store.get_upload(uuid)
+            if record is not None and not self.shared:
+                self._records[uuid] = record
+        return record
+
+    async def _put_upload(self, record: StagedUpload) -> None:
+        self._records.pop(record.uuid, None)
+        await self.store.put_upload(record)
+        if not self.shared:
+            self._records[record.uuid] = record
+
+    async def _delete_upload(self, uuid: str) -> None:
+        self._records.pop(uuid, None)
+        await self.store.delete_upload(uuid)
+
+    forget_upload = _delete_upload  # the stale-upload sweep, once the files are gone
 
     def uuid_in_use(self, uuid: str) -> bool:
         return self.routes.get(uuid) is not None or self.table.get(uuid) is not None
@@ -117,11 +156,11 @@ class TaskIntake:
         kept = {k: str(v) for k, v in fields.items() if k in INIT_FIELDS}
         now = self._now_ms()
         await self.staging.create(uuid)
-        existing = await self.store.get_upload(uuid)
+        existing = await self._get_upload(uuid)
         if existing is not None and existing.owner != user.owner:
             raise InvalidRequest(f"Invalid set-uuid: {set_uuid}")
         files = existing.files if existing else ()
-        await self.store.put_upload(StagedUpload(uuid, user.owner, kept, options, now, now, files))
+        await self._put_upload(StagedUpload(uuid, user.owner, kept, options, now, now, files))
         log.info("task %s initialised", uuid)
         return uuid
 
@@ -133,11 +172,11 @@ class TaskIntake:
         options = upload.options
         if "options" in fields:
             options = await self._check_options(user, fields["options"])
-        await self.store.put_upload(dataclasses.replace(upload, fields=merged, options=options))
+        await self._put_upload(dataclasses.replace(upload, fields=merged, options=options))
 
     async def abandon(self, uuid: str) -> None:
         """Forget an upload and its staged files (removed task, failed single-request create)."""
-        await self.store.delete_upload(uuid)
+        await self._delete_upload(uuid)
         await self.staging.remove(uuid)
         if self.pipelines is not None:
             await self.pipelines.close(uuid)
@@ -176,7 +215,7 @@ class TaskIntake:
             await self.table.put(task)
 
     async def _upload_of(self, user: User, uuid: str) -> StagedUpload:
-        upload = await self.store.get_upload(uuid) if is_valid_uuid(uuid) else None
+        upload = await self._get_upload(uuid) if is_valid_uuid(uuid) else None
         if upload is None or upload.owner != user.owner:
             raise InvalidRequest("Invalid uuid (not found)")
         if not self.staging.exists(uuid):
@@ -192,25 +231,53 @@ class TaskIntake:
         """Refuse an upload before its body is read (unknown uuid)."""
         return await self._upload_of(user, uuid)
 
-    async def upload(self, user: User, uuid: str, parts: AsyncIterator[FilePart]) -> int:
-        """Stream files into staging; answers how many were saved."""
+    async def upload(self, user: User, uuid: str, body: UploadBody) -> int:
+        """Stream files into staging; answers how many were saved.
+
+        With a pipeline open for the upload, the request's raw body goes on to the node as it
+        arrives (a relay); when it cannot (body already partly read, upload speed capped),
+        each staged file is sent on from disk instead.
+        """
         upload = await self._upload_of(user, uuid)
-        saved: list[str] = []
-        max_images = user.limits.max_images
         pipelines = await self._pipeline_for(upload)
-        async for part in parts:
+        relay = pipelines.relay(uuid, body.content_type, body.content_length) if pipelines else None
+        if relay is not None and not body.tap(relay.feed):
+            await relay.abort()
+            relay = None
+        saved: list[tuple[str, str]] = []  # (name sent by the client, name staged)
+        try:
+            await self._save_parts(user, uuid, body, saved, relay is None)
+        except BaseException:
+            if relay is not None:
+                await relay.abort()
+            raise
+        if relay is not None:
+            assert pipelines is not None
+            await pipelines.relayed(uuid, relay, saved)
+        # The staging folder is the record of what arrived: no store write per upload request
+        # (a growing file list rewritten 200 times cost a tenth of the proxy's upload CPU).
+        return len(saved)
+
+    async def _save_parts(
+        self,
+        user: User,
+        uuid: str,
+        body: UploadBody,
+        saved: list[tuple[str, str]],
+        send_each: bool,
+    ) -> None:
+        max_images = user.limits.max_images
+        async for part in body:
             if not self.splitmerge and part.filename.lower() == "seed.zip":
                 raise InvalidRequest("Split-merge is disabled on this cluster: seed.zip refused.")
             if max_images is not None and self.staging.count(uuid) >= max_images:
                 raise LimitExceeded(f"You can only upload up to {max_images} images.")
-            saved.append(await self.staging.save(uuid, part.filename, part.chunks))
-            if pipelines is not None:
-                pipelines.file_saved(uuid, self.staging.path(uuid) / saved[-1])
+            stored = await self.staging.save(uuid, part.filename, part.chunks)
+            saved.append((part.filename, stored))
+            if send_each and self.pipelines is not None:
+                self.pipelines.file_saved(uuid, self.staging.path(uuid) / stored)
         if not saved:
             raise InvalidRequest("Need at least 1 file.")
-        # The staging folder is the record of what arrived: no store write per upload request
-        # (a growing file list rewritten 200 times cost a tenth of the proxy's upload CPU).
-        return len(saved)
 
     async def _pipeline_for(self, upload: StagedUpload) -> UploadPipelines | None:
         """Forward this upload's images while they arrive, when a node is free for it now.
@@ -245,7 +312,7 @@ class TaskIntake:
         images = self.staging.count(uuid)
         if images == 0:
             await self.staging.remove(uuid)
-            await self.store.delete_upload(uuid)
+            await self._delete_upload(uuid)
             raise InvalidRequest("Need at least 1 file.")
         if user.limits.max_images is not None and images > user.limits.max_images:
             raise LimitExceeded(
@@ -275,7 +342,7 @@ class TaskIntake:
             node_key=await self._pipeline_node(uuid),
         )
         await self._admit(user, task)
-        await self.store.delete_upload(uuid)
+        await self._delete_upload(uuid)
         self.flood.record_commit(user.token)
         self.dispatcher.submit(uuid)
         log.info("task %s committed with %d images", uuid, images)

@@ -3,9 +3,21 @@
 Without this, a task's images cross the network twice in a row: client -> proxy (staged), then
 proxy -> node after commit, so the task starts about twice as late as on a node reached
 directly. With a pipeline, the node is chosen at the first upload (when a slot is free and no
-task waits in the queue), the task is initialised there under its uuid, and every image, once
-staged, is sent on at once. At commit only the stragglers are left to send; the node is
-initialised again with the final fields (NodeODM keeps the staged images) and committed.
+task waits in the queue) and the task is initialised there under its uuid. From then on each
+upload request is relayed: its raw body goes to the node as it arrives, byte for byte, while the
+same bytes are parsed and staged here, so an image crosses the proxy once and is never read back
+from disk. Where a relay is not possible (the body was partly read already, or the upload speed
+to nodes is capped) each image is sent on from its staged file instead. At commit only the
+stragglers are left to send; the node is initialised again with the final fields (NodeODM keeps
+the staged images) and committed.
+
+A relay is trusted only when it ends cleanly: the node answered success and every image name
+is one the cluster stores unchanged. The node then holds the same names as the staging folder:
+NodeODM keeps the client's name and, on a clash, adds ``_`` before the extension, the rule the
+staging folder follows too (a second ``a.jpg`` is ``a_.jpg`` on both). A name the cluster has to
+change (a path separator, a control character) may be stored differently by the node, so it
+ends the pipeline, as does a failed relay: the task is then forwarded the ordinary way,
+preferably to another node.
 
 The staged copy stays the source of truth: if anything goes wrong the pipeline is dropped and
 the ordinary dispatch runs from the staged files, preferring another node (the pipeline's node
@@ -20,7 +32,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,12 +43,18 @@ from clusterodm.model import Node
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.store.base import Store
+from clusterodm.store.staging import sanitize
 
 log = logging.getLogger(__name__)
 
 ANY_SIZE = 2**31  # only nodes that take any number of images
 PIPELINE_META = "pipeline:"  # store meta key: {"node": key, "sent": [names]} of an upload
 IDLE_S = 30 * 60.0  # a pipeline with no upload for this long gives its slot back
+RELAY_BUFFER_BYTES = 4 * 1024 * 1024
+"""Received bytes a relay holds for a node slower than the client; then the client waits."""
+MAX_DETACHED_RELAYS = 4
+"""Relays of one upload that may go on after their client was answered (memory bound:
+this times ``RELAY_BUFFER_BYTES``)."""
 
 
 @dataclass
@@ -46,6 +65,65 @@ class Pipeline:
     jobs: set[asyncio.Task[None]] = field(default_factory=set)
     error: NodeError | None = None
     last_activity: float = field(default_factory=time.monotonic)
+    detached: int = 0  # relays still sending after their client was answered
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one record write at a time
+    version: int = 0  # changes of ``sent`` asked to be recorded ...
+    written: int = 0  # ... and how many of them the store holds
+
+
+class Relay:
+    """One client upload request's raw body on its way to the pipeline's node.
+
+    ``feed`` is called with each chunk the client sent, before the proxy parses it; the
+    chunks are written to the node by a request of their own (``job``). A node that fails
+    makes ``feed`` a no-op, so the client's upload goes on into staging regardless.
+    """
+
+    def __init__(self, pipe: Pipeline, send: Callable[[AsyncIterator[bytes]], Awaitable[None]]):
+        self.pipe = pipe
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._closed = False
+        self._more = asyncio.Event()
+        self._room = asyncio.Event()
+        self.job = asyncio.ensure_future(send(self._body()))
+        self.job.add_done_callback(lambda _: self._room.set())
+
+    async def feed(self, chunk: bytes) -> None:
+        if self.job.done():
+            return
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        self._more.set()
+        while self._buffered > RELAY_BUFFER_BYTES and not self.job.done():
+            self._room.clear()
+            await self._room.wait()
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        while True:
+            while not self._chunks:
+                if self._closed:
+                    return
+                self._more.clear()
+                await self._more.wait()
+            chunk = self._chunks.popleft()
+            self._buffered -= len(chunk)
+            self._room.set()
+            yield chunk
+
+    def close(self) -> None:
+        """The whole body was fed."""
+        self._closed = True
+        self._more.set()
+
+    async def abort(self) -> None:
+        """The client's request failed: stop the node's request half-way (it drops it)."""
+        self.pipe.error = self.pipe.error or NodeRejected(
+            "upload relay aborted", self.pipe.node.key
+        )
+        self.job.cancel()
+        with contextlib.suppress(BaseException):
+            await self.job
 
 
 class UploadPipelines:
@@ -95,6 +173,65 @@ class UploadPipelines:
             log.debug("task %s: forwarding images to %s while they arrive", uuid, node.key)
             return pipe
 
+    def relay(self, uuid: str, content_type: str, length: int | None) -> Relay | None:
+        """Start relaying an upload request's body to the pipeline's node; None if there is
+        no usable pipeline or uploads to nodes are speed-capped (then ``file_saved``)."""
+        pipe = self._pipes.get(uuid)
+        if pipe is None or pipe.error is not None or self.client.rate_limiter is not None:
+            return None
+        pipe.last_activity = time.monotonic()
+
+        async def send(body: AsyncIterator[bytes]) -> None:
+            await self.client.upload_body(pipe.node, uuid, body, content_type, length)
+
+        relay = Relay(pipe, send)
+        pipe.jobs.add(relay.job)
+        relay.job.add_done_callback(pipe.jobs.discard)
+        return relay
+
+    async def relayed(self, uuid: str, relay: Relay, saved: list[tuple[str, str]]) -> None:
+        """The request's files are staged; its relay may still be sending to the node.
+
+        The client's answer does not wait for the node unless ``MAX_DETACHED_RELAYS`` of this
+        upload are already under way (which bounds the memory held for a slow node): the
+        staged copy is what counts, and the client's next image can start at once.
+        """
+        pipe = relay.pipe
+        relay.close()
+        if relay.job.done() or pipe.detached >= MAX_DETACHED_RELAYS:
+            await self._settle(uuid, relay, saved)
+            return
+        pipe.detached += 1
+        settle = asyncio.ensure_future(self._settle(uuid, relay, saved))
+        pipe.jobs.add(settle)
+
+        def done(job: asyncio.Future[None]) -> None:
+            pipe.jobs.discard(job)
+            pipe.detached -= 1
+
+        settle.add_done_callback(done)
+
+    async def _settle(self, uuid: str, relay: Relay, saved: list[tuple[str, str]]) -> None:
+        """Wait for the node's answer and record the images it now holds; a failed relay or a
+        renamed image ends the pipeline (see module doc)."""
+        pipe = relay.pipe
+        try:
+            await relay.job
+        except NodeError as e:
+            log.info("task %s: relay to %s failed: %s", uuid, pipe.node.key, e.message)
+            pipe.error = pipe.error or e
+            return
+        if self._pipes.get(uuid) is not pipe or pipe.error is not None:
+            return  # closed or failed meanwhile: nothing more to record
+        changed = [name for name, _ in saved if sanitize(name) != name]
+        if changed:
+            msg = f"image name {changed[0][:80]!r} is stored under another name"
+            pipe.error = pipe.error or NodeRejected(msg, pipe.node.key)
+            return
+        pipe.last_activity = time.monotonic()
+        pipe.sent.update(stored for _, stored in saved)
+        await self._remember(pipe)
+
     def file_saved(self, uuid: str, path: Path) -> None:
         """A staged image is complete: send it on now (in the background, bounded)."""
         pipe = self._pipes.get(uuid)
@@ -124,9 +261,22 @@ class UploadPipelines:
 
     async def _remember(self, pipe: Pipeline) -> None:
         """Persist which node holds which of the images, so that after a crash the task is
-        completed there without sending any image twice."""
-        record = {"node": pipe.node.key, "sent": sorted(pipe.sent)}
-        await self.store.set_meta(PIPELINE_META + pipe.uuid, json.dumps(record))
+        completed there without sending them again. Returns once the state as of the call is
+        in the store.
+
+        Writes coalesce: callers queue on the pipeline's lock, and the first one through writes
+        the newest state for all of them. An image missing from the record after a crash is
+        only sent again (same name, same bytes).
+        """
+        pipe.version += 1
+        wanted = pipe.version
+        async with pipe.lock:
+            if pipe.written >= wanted:
+                return
+            version = pipe.version
+            record = {"node": pipe.node.key, "sent": sorted(pipe.sent)}
+            await self.store.set_meta(PIPELINE_META + pipe.uuid, json.dumps(record))
+            pipe.written = version
 
     async def finish(self, uuid: str, files: list[Path], fields: Mapping[str, str]) -> Node:
         """Send what is left, initialise again with the final fields, commit. Raises NodeError;
@@ -136,12 +286,11 @@ class UploadPipelines:
         ok = False
         try:
             if pipe.jobs:
-                await asyncio.gather(*list(pipe.jobs))
-            if pipe.error is not None:
-                raise pipe.error
-            for path in files:
-                if path.name not in pipe.sent:
-                    await self._send(pipe, path)
+                await asyncio.gather(*list(pipe.jobs), return_exceptions=True)
+            if pipe.error is None:
+                for path in files:
+                    if path.name not in pipe.sent:
+                        await self._send(pipe, path)
             if pipe.error is not None:
                 raise pipe.error
             await self.client.init_task(pipe.node, uuid, dict(fields))

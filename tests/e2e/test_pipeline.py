@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from typing import Any
+
 import aiohttp
 from aiohttp import FormData
 
+from clusterodm.simnode import SimNode
 from tests.conftest import ClusterFactory, SimnodeFactory
 from tests.helpers import eventually
 
@@ -49,3 +54,170 @@ async def test_failed_early_forwarding_falls_back(
         await eventually(lambda: uuid in good.tasks, timeout_s=15, message="sent to the other node")
     assert sorted(good.tasks[uuid].images) == [f"q{i}.jpg" for i in range(4)]
     assert uuid not in bad.tasks
+
+
+def node_image(sim: SimNode, uuid: str, name: str) -> bytes:
+    return (sim.tasks[uuid].directory / "images" / name).read_bytes()
+
+
+async def init_task(s: aiohttp.ClientSession, url: str) -> str:
+    r = await s.post(f"{url}/task/new/init", data=FormData(default_to_multipart=True))
+    uuid: str = (await r.json())["uuid"]
+    return uuid
+
+
+async def upload(s: aiohttp.ClientSession, url: str, uuid: str, files: dict[str, bytes]) -> Any:
+    f = FormData()
+    for name, data in files.items():
+        f.add_field("images", data, filename=name, content_type="image/jpeg")
+    r = await s.post(f"{url}/task/new/upload/{uuid}", data=f)
+    return await r.json()
+
+
+async def test_relay_passes_the_client_bytes_once(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
+) -> None:
+    """Each upload request reaches the node as one request, byte for byte, while staged."""
+    sim = await simnode_factory(test_seconds=0.2)
+    cluster = await cluster_factory([sim])
+    images = {"a.jpg": os.urandom(1000), "b.jpg": os.urandom(5000), "c.jpg": os.urandom(3 << 20)}
+    async with aiohttp.ClientSession() as s:
+        uuid = await init_task(s, cluster.url)
+        assert await upload(s, cluster.url, uuid, {"a.jpg": images["a.jpg"]}) == {"success": True}
+        rest = {"b.jpg": images["b.jpg"], "c.jpg": images["c.jpg"]}
+        assert await upload(s, cluster.url, uuid, rest) == {"success": True}
+        await eventually(lambda: sim.upload_requests == 2, message="both requests relayed")
+        staged = cluster.staging.path(uuid)
+        assert sorted(p.name for p in staged.iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]
+        r = await s.post(f"{cluster.url}/task/new/commit/{uuid}")
+        assert await r.json() == {"uuid": uuid}
+        await eventually(lambda: uuid in sim.tasks and sim.tasks[uuid].images != [])
+    assert sim.upload_requests == 2, "no image was sent again after commit"
+    for name, data in images.items():
+        assert node_image(sim, uuid, name) == data
+
+
+async def test_same_name_twice_is_relayed_as_the_node_names_it(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
+) -> None:
+    """Two uploads named a.jpg: staged as a.jpg and a_.jpg, the rule NodeODM follows too, so
+    the relays stand and nothing is sent twice."""
+    sim = await simnode_factory(test_seconds=0.2)
+    cluster = await cluster_factory([sim])
+    first, second, other = os.urandom(2000), os.urandom(3000), os.urandom(4000)
+    async with aiohttp.ClientSession() as s:
+        uuid = await init_task(s, cluster.url)
+        await upload(s, cluster.url, uuid, {"a.jpg": first})
+        await upload(s, cluster.url, uuid, {"a.jpg": second})
+        await upload(s, cluster.url, uuid, {"b.jpg": other})
+        r = await s.post(f"{cluster.url}/task/new/commit/{uuid}")
+        assert await r.json() == {"uuid": uuid}
+        await eventually(lambda: uuid in sim.tasks and sim.tasks[uuid].images != [])
+    assert sim.upload_requests == 3
+    assert sorted(sim.tasks[uuid].images) == ["a.jpg", "a_.jpg", "b.jpg"]
+    assert node_image(sim, uuid, "a.jpg") == first
+    assert node_image(sim, uuid, "a_.jpg") == second
+    assert node_image(sim, uuid, "b.jpg") == other
+
+
+async def test_a_name_the_cluster_changes_ends_the_relay(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
+) -> None:
+    """``dir/x.jpg`` is staged as ``dir_x.jpg`` but a node keeps its own idea of the name:
+    early forwarding stops and the task goes, whole, to another node."""
+    first = await simnode_factory(test_seconds=0.2)
+    second = await simnode_factory(test_seconds=0.2)
+    cluster = await cluster_factory([first])
+    plain, odd = os.urandom(2000), os.urandom(3000)
+    async with aiohttp.ClientSession() as s:
+        uuid = await init_task(s, cluster.url)
+        await upload(s, cluster.url, uuid, {"plain.jpg": plain})
+        added = await cluster.registry.add(second.host, second.port, "")
+        await cluster.deps.health.refresh(added)
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="images"; filename="dir/x.jpg"\r\n\r\n'
+            + odd
+            + b"\r\n--b--\r\n"
+        )
+        headers = {"Content-Type": "multipart/form-data; boundary=b"}
+        r = await s.post(f"{cluster.url}/task/new/upload/{uuid}", data=body, headers=headers)
+        assert await r.json() == {"success": True}
+        r = await s.post(f"{cluster.url}/task/new/commit/{uuid}")
+        assert await r.json() == {"uuid": uuid}
+        await eventually(
+            lambda: uuid in second.tasks and second.tasks[uuid].images != [],
+            timeout_s=15,
+            message="forwarded to the other node",
+        )
+    assert sorted(second.tasks[uuid].images) == ["dir_x.jpg", "plain.jpg"]
+    assert node_image(second, uuid, "dir_x.jpg") == odd
+    assert node_image(second, uuid, "plain.jpg") == plain
+
+
+async def test_client_leaving_mid_upload_keeps_the_task_whole(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
+) -> None:
+    """A client that drops its connection half-way through an image, then sends it again:
+    the node ends up with exactly the staged images."""
+    sim = await simnode_factory(test_seconds=0.2)
+    cluster = await cluster_factory([sim])
+    good, retried = os.urandom(2000), os.urandom(3 << 20)
+    async with aiohttp.ClientSession() as s:
+        uuid = await init_task(s, cluster.url)
+        await upload(s, cluster.url, uuid, {"good.jpg": good})
+        port = int(cluster.url.rsplit(":", 1)[1])
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = (
+            f"POST /task/new/upload/{uuid} HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n"
+            "Content-Type: multipart/form-data; boundary=zz\r\n\r\n"
+        ).encode()
+        part = b'--zz\r\nContent-Disposition: form-data; name="images"; filename="late.jpg"\r\n\r\n'
+        writer.write(head + part + retried[: 2 << 20])  # more than one staging write
+        await writer.drain()
+        await eventually(
+            lambda: any(p.name.startswith(".part-") for p in cluster.staging.path(uuid).iterdir()),
+            message="the half image is being staged",
+        )
+        writer.close()
+        await eventually(
+            lambda: (
+                not any(p.name.startswith(".part-") for p in cluster.staging.path(uuid).iterdir())
+            ),
+            message="the half image is dropped",
+        )
+        await upload(s, cluster.url, uuid, {"late.jpg": retried})
+        r = await s.post(f"{cluster.url}/task/new/commit/{uuid}")
+        assert await r.json() == {"uuid": uuid}
+        await eventually(lambda: uuid in sim.tasks and sim.tasks[uuid].images != [])
+    assert sorted(sim.tasks[uuid].images) == ["good.jpg", "late.jpg"]
+    assert node_image(sim, uuid, "late.jpg") == retried
+    assert node_image(sim, uuid, "good.jpg") == good
+
+
+async def test_node_failing_a_relay_falls_back_to_another_node(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
+) -> None:
+    """The node of a pipeline answers the second relayed request with HTTP 500."""
+    bad = await simnode_factory(drop_uploads_after=1)
+    good = await simnode_factory()
+    cluster = await cluster_factory([bad])
+    images = {f"r{i}.jpg": os.urandom(3000) for i in range(4)}
+    async with aiohttp.ClientSession() as s:
+        uuid = await init_task(s, cluster.url)
+        for i, (name, data) in enumerate(images.items()):
+            assert await upload(s, cluster.url, uuid, {name: data}) == {"success": True}
+            if i == 0:  # the pipeline is open on the bad node: now a good one joins
+                added = await cluster.registry.add(good.host, good.port, "")
+                await cluster.deps.health.refresh(added)
+        r = await s.post(f"{cluster.url}/task/new/commit/{uuid}")
+        assert await r.json() == {"uuid": uuid}
+        owner = await eventually(
+            lambda: next(
+                (n for n in (bad, good) if uuid in n.tasks and n.tasks[uuid].images), None
+            ),
+            timeout_s=15,
+            message="the task runs on a node",
+        )
+    assert sorted(owner.tasks[uuid].images) == sorted(images)
+    for name, data in images.items():
+        assert node_image(owner, uuid, name) == data

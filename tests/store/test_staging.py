@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from clusterodm.errors import InvalidRequest, LimitExceeded
-from clusterodm.store.staging import PART_PREFIX, STRAY_PART_AGE_S, Staging, sanitize
+from clusterodm.store.staging import (
+    PART_PREFIX,
+    STRAY_PART_AGE_S,
+    WRITE_BUFFER_BYTES,
+    Staging,
+    sanitize,
+)
 
 UUID = "2f0a6f4e-4c0e-4a8e-9d3c-0c5b2f2a9e11"
 OTHER = "7d1f1f8e-1b3a-4c6e-8f00-5b1c2d3e4f50"
@@ -106,16 +112,21 @@ async def test_max_bytes_exceeded_keeps_nothing(staging: Staging) -> None:
     with pytest.raises(LimitExceeded):
         await staging.save(UUID, "big.jpg", stream([b"x" * 600, b"x" * 600]), max_bytes=1000)
     assert staging.files(UUID) == []
-    assert list(staging.path(UUID).iterdir()) == []
+    folder = staging.path(UUID)
+    assert not folder.exists() or list(folder.iterdir()) == []
 
 
 async def test_failed_stream_removes_part_file(staging: Staging) -> None:
+    written: list[str] = []
+
     async def broken() -> AsyncIterator[bytes]:
-        yield b"half"
+        yield b"x" * (WRITE_BUFFER_BYTES + 1)  # written to a part file before the failure
+        written.extend(p.name for p in staging.path(UUID).iterdir())
         raise ConnectionResetError("client went away")
 
     with pytest.raises(ConnectionResetError):
         await staging.save(UUID, "a.jpg", broken())
+    assert len(written) == 1 and written[0].startswith(PART_PREFIX)
     assert list(staging.path(UUID).iterdir()) == []
 
 

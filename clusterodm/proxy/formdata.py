@@ -1,0 +1,224 @@
+"""FormReader: a ``multipart/form-data`` request body read part by part from its raw bytes.
+
+Reads the body as the raw chunks the server received and parses them with python-multipart's
+push parser, instead of aiohttp's ``MultipartReader``: it parses about twice as fast, and the raw
+chunks stay available. That is what early forwarding needs: an upload's bytes can be handed,
+exactly as received (same boundary, same length), to a node while its files are staged here
+(``tap``), instead of being staged, read back and encoded again.
+
+Errors are ``InvalidRequest`` in the words clients already see (``Malformed multipart body``,
+``Upload stalled``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from aiohttp import web
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from clusterodm.errors import InvalidRequest
+
+RawSink = Callable[[bytes], Awaitable[None]]
+
+IDLE_S = 30.0
+"""An upload with nothing received for this long is dropped (original: idle sockets, 30 s)."""
+
+MAX_FIELD_BYTES = 1 << 20
+
+_PART, _DATA, _END = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class FormPart:
+    """One part's headers: its field ``name`` and, for a file, its ``filename``."""
+
+    name: str | None
+    filename: str | None
+
+
+class FormReader:
+    """The parts of one ``multipart/*`` body, in order; each part's data must be read (or
+    skipped, which ``next`` does) before the next part is asked for."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        content_type: str,
+        boundary: bytes,
+        idle_s: float = IDLE_S,
+    ) -> None:
+        self.content = request.content
+        self.content_type = content_type
+        self.content_length = request.content_length
+        self.idle_s = idle_s
+        self._tap: RawSink | None = None
+        self._started = False
+        self._done = False  # the body is read to its end
+        self._ended = False  # the closing boundary was seen
+        self._events: deque[tuple[int, object]] = deque()
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._in_part = False
+        self._parser = MultipartParser(
+            boundary,
+            callbacks={
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_end": self._on_end,
+            },
+        )
+
+    def tap(self, sink: RawSink) -> bool:
+        """Hand every raw chunk of the body to ``sink`` before parsing it. Only possible before
+        the first byte is read (False afterwards: the sink would miss the beginning)."""
+        if self._started:
+            return False
+        self._tap = sink
+        return True
+
+    # --- parts ---
+
+    async def next(self) -> FormPart | None:
+        """The next part's headers (skipping what is left of the current one); None at the end."""
+        while True:
+            event = await self._event()
+            if event is None:
+                return None
+            kind, value = event
+            if kind == _PART:
+                assert isinstance(value, FormPart)
+                return value
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The current part's data as it arrives (memory views into the received chunks)."""
+        while True:
+            event = await self._event()
+            if event is None or event[0] == _END:
+                return
+            if event[0] == _DATA:
+                yield event[1]  # type: ignore[misc]
+
+    async def text(self, name: str | None) -> str:
+        """The current part's data as text (form fields), up to ``MAX_FIELD_BYTES``."""
+        data = bytearray()
+        async for chunk in self.chunks():
+            data += chunk
+            if len(data) > MAX_FIELD_BYTES:
+                raise InvalidRequest(f"Field {name} is too large")
+        return data.decode("utf-8", errors="replace")
+
+    # --- reading and parsing ---
+
+    async def _event(self) -> tuple[int, object] | None:
+        while not self._events:
+            if self._done:
+                return None
+            await self._pump()
+        return self._events.popleft()
+
+    async def _pump(self) -> None:
+        """Read one received chunk, pass it to the tap, parse it."""
+        self._started = True
+        try:
+            async with asyncio.timeout(self.idle_s):
+                chunk, _ = await self.content.readchunk()
+        except TimeoutError:
+            raise InvalidRequest(
+                f"Upload stalled: nothing received for {self.idle_s:.0f} s"
+            ) from None
+        if not chunk:
+            self._done = True
+            if self._in_part or not self._ended:
+                raise InvalidRequest(
+                    "Malformed multipart body: the body ended before its last part"
+                )
+            return
+        if self._tap is not None:
+            await self._tap(chunk)
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as e:
+            raise InvalidRequest(f"Malformed multipart body: {e}") from None
+
+    # --- parser callbacks (synchronous, inside ``write``) ---
+
+    def _on_part_begin(self) -> None:
+        self._headers = {}
+        self._in_part = True
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]  # the parser bounds a header's size
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _on_headers_finished(self) -> None:
+        kind, _ = parse_options_header(self._headers.get(b"content-type", b"").decode("latin-1"))
+        if kind.startswith(b"multipart/"):
+            raise InvalidRequest("Nested multipart bodies are not supported")
+        disposition = self._headers.get(b"content-disposition", b"").decode("latin-1")
+        _, params = parse_options_header(disposition)
+        filename = _extended_filename(disposition) or _text(params.get(b"filename"))
+        self._events.append((_PART, FormPart(_text(params.get(b"name")), filename)))
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if end > start:
+            self._events.append((_DATA, memoryview(data)[start:end]))
+
+    def _on_part_end(self) -> None:
+        self._in_part = False
+        self._events.append((_END, None))
+
+    def _on_end(self) -> None:
+        self._ended = True
+
+
+def _text(raw: bytes | None) -> str | None:
+    """Header parameters arrive as bytes; clients send UTF-8 (browsers, requests, curl)."""
+    return None if raw is None else raw.decode("utf-8", errors="replace")
+
+
+_EXTENDED_FILENAME = re.compile(r"""(?:^|;)\s*filename\*\s*=\s*([^';\s]*)'[^']*'([^;\s]*)""", re.I)
+
+
+def _extended_filename(disposition: str) -> str | None:
+    """``filename*=utf-8''...`` (RFC 5987), which takes precedence over ``filename`` when a
+    client sends both; python-multipart leaves it out. ``disposition`` is latin-1 text."""
+    match = _EXTENDED_FILENAME.search(disposition)
+    if match is None:
+        return None
+    charset = match.group(1) or "utf-8"
+    try:
+        return unquote(match.group(2), encoding=charset, errors="replace")
+    except LookupError:  # an unknown charset
+        return unquote(match.group(2), encoding="utf-8", errors="replace")
+
+
+def form_reader(request: web.Request) -> FormReader | None:
+    """A reader for a ``multipart/*`` body; None for any other content type."""
+    header = request.headers.get("Content-Type", "")
+    kind, params = parse_options_header(header)
+    if not kind.startswith(b"multipart/"):
+        return None
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise InvalidRequest("Malformed multipart body: no boundary in Content-Type")
+    return FormReader(request, header, boundary)

@@ -1,0 +1,182 @@
+"""FormReader against real HTTP requests on loopback: parts, raw tap, and every bad body."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import FormData, web
+
+from clusterodm.errors import InvalidRequest
+from clusterodm.proxy.formdata import form_reader
+
+
+class Probe:
+    """The probe server: ``await probe(data, headers, **query)`` posts and answers its JSON."""
+
+    def __init__(self, port: int, session: aiohttp.ClientSession, tapped: list[bytes]) -> None:
+        self.port = port
+        self.session = session
+        self.tapped = tapped
+
+    async def __call__(self, data: Any, headers: dict[str, str] | None = None, **query: str) -> Any:
+        url = f"http://127.0.0.1:{self.port}/"
+        async with self.session.post(url, data=data, headers=headers, params=query) as r:
+            return await r.json()
+
+
+@pytest.fixture
+async def probe() -> AsyncIterator[Probe]:
+    """A server that reads its request with FormReader and answers what it found."""
+    tapped: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            reader = form_reader(request)
+            if reader is None:
+                return web.json_response({"none": True})
+            reader.idle_s = float(request.query.get("idle", "30"))
+            if "tap" in request.query:
+
+                async def sink(chunk: bytes) -> None:
+                    tapped.append(bytes(chunk))
+
+                assert reader.tap(sink)
+            parts: list[dict[str, Any]] = []
+            while (part := await reader.next()) is not None:
+                if part.filename is None:
+                    parts.append({"name": part.name, "text": await reader.text(part.name)})
+                else:
+                    size, head = 0, b""
+                    async for chunk in reader.chunks():
+                        head = head or bytes(chunk[:4])
+                        size += len(chunk)
+                    parts.append({"file": part.filename, "size": size, "head": head.hex()})
+            late_tap = reader.tap(lambda chunk: asyncio.sleep(0))
+            return web.json_response({"parts": parts, "late_tap": late_tap})
+        except InvalidRequest as e:
+            return web.json_response({"error": e.message})
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    async with aiohttp.ClientSession() as session:
+        yield Probe(site.port, session, tapped)
+    await runner.cleanup()
+
+
+async def raw_request(port: int, head: bytes, body_parts: list[bytes], linger_s: float) -> bytes:
+    """Send a request by hand (bodies aiohttp's client would not send), then read the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    for part in body_parts:
+        writer.write(part)
+        await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(65536), linger_s)
+    finally:
+        writer.close()
+
+
+async def test_fields_and_files_in_order(probe: Probe) -> None:
+    big = os.urandom(3_000_000)
+    form = FormData()
+    form.add_field("name", "survey")
+    form.add_field("images", b"\xff\xd8small", filename="a.jpg")
+    form.add_field("images", big, filename="b.JPG")
+    answer = await probe(form)
+    assert answer["parts"] == [
+        {"name": "name", "text": "survey"},
+        {"file": "a.jpg", "size": 7, "head": "ffd8736d"},
+        {"file": "b.JPG", "size": len(big), "head": big[:4].hex()},
+    ]
+    assert answer["late_tap"] is False, "a tap set after reading began would miss bytes"
+
+
+async def test_utf8_and_extended_file_names(probe: Probe) -> None:
+    """Browsers and requests send UTF-8 names as they are; RFC 5987 ``filename*`` wins."""
+    body = b"".join(
+        [
+            b"--b\r\n",
+            'Content-Disposition: form-data; name="images"; filename="Bild_überflug.JPG"'.encode(),
+            b"\r\n\r\nA\r\n--b\r\n",
+            b'Content-Disposition: form-data; name="images"; filename="fallback.jpg"; '
+            b"filename*=UTF-8''%E8%88%AA%E6%8B%8D.jpg\r\n\r\nB\r\n--b--\r\n",
+        ]
+    )
+    answer = await probe(body, {"Content-Type": "multipart/form-data; boundary=b"})
+    assert [p["file"] for p in answer["parts"]] == ["Bild_überflug.JPG", "航拍.jpg"]
+
+
+async def test_tap_sees_the_exact_body(probe: Probe) -> None:
+    body = b"".join(
+        [
+            b"--XyZ\r\n",
+            b'Content-Disposition: form-data; name="images"; filename="one.jpg"\r\n\r\n',
+            os.urandom(700_000),
+            b"\r\n--XyZ--\r\n",
+        ]
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+    answer = await probe(body, headers, tap="1")
+    assert answer["parts"][0]["size"] == 700_000
+    assert b"".join(probe.tapped) == body
+
+
+async def test_not_multipart_is_no_form(probe: Probe) -> None:
+    assert await probe(b"a=1", {"Content-Type": "application/x-www-form-urlencoded"}) == {
+        "none": True
+    }
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "error"),
+    [
+        ("multipart/form-data", b"--x\r\n\r\n", "no boundary"),
+        ("multipart/form-data; boundary=x", b"garbage without any boundary", "Malformed"),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n\r\nabc',
+            "ended before its last part",
+        ),
+        (
+            "multipart/form-data; boundary=x",
+            b"--x\r\nContent-Type: multipart/mixed; boundary=y\r\n\r\n--y--\r\n--x--\r\n",
+            "Nested multipart bodies are not supported",
+        ),
+        (
+            "multipart/form-data; boundary=x",
+            b"--x\r\nX-" + b"h" * 20_000 + b": v\r\n\r\n--x--\r\n",
+            "Malformed multipart body",
+        ),
+    ],
+    ids=["no-boundary", "no-parts", "truncated", "nested", "long-header"],
+)
+async def test_bad_bodies_are_clear_errors(
+    probe: Probe, content_type: str, body: bytes, error: str
+) -> None:
+    answer = await probe(body, {"Content-Type": content_type})
+    assert error in answer["error"]
+
+
+async def test_field_too_large(probe: Probe) -> None:
+    form = FormData(default_to_multipart=True)
+    form.add_field("options", "x" * (1024 * 1024 + 1))
+    assert (await probe(form))["error"] == "Field options is too large"
+
+
+async def test_stalled_upload_is_dropped(probe: Probe) -> None:
+    head = (
+        b"POST /?idle=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+        b"Content-Type: multipart/form-data; boundary=x\r\n\r\n"
+    )
+    first = b'--x\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n\r\nab'
+    answer = await raw_request(probe.port, head, [first], linger_s=10)
+    assert b"Upload stalled: nothing received for 1 s" in answer
