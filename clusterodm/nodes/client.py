@@ -1,7 +1,8 @@
 """NodeClient: typed calls to one NodeODM-API node over a shared connection pool.
 
 Owns the only ``aiohttp.ClientSession`` used to talk to nodes, so connections are reused across
-every forwarded request. aiohttp's errors are turned into ``NodeError`` here and nowhere else.
+every forwarded request, and the ``PollClient`` (``polls.py``) that forwards task polls more
+cheaply. aiohttp's errors are turned into ``NodeError`` here and nowhere else.
 Must not import use cases or the HTTP edge.
 """
 
@@ -21,6 +22,7 @@ from yarl import URL
 from clusterodm.config import Timeouts
 from clusterodm.errors import NodeRejected, NodeUnreachable
 from clusterodm.model import Node, NodeInfo
+from clusterodm.nodes.polls import PollClient
 from clusterodm.nodes.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ class NodeClient:
         self.timeouts = timeouts or Timeouts()
         self._session: aiohttp.ClientSession | None = None
         self.rate_limiter = rate_limiter
+        #: forwarded polls; same limits as aiohttp's forwarded requests (``stream_timeout``)
+        self.polls = PollClient(self.timeouts.connect_s, self.timeouts.stream_read_s)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30)
@@ -50,6 +54,7 @@ class NodeClient:
         )
 
     async def close(self) -> None:
+        await self.polls.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

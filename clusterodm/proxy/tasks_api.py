@@ -16,7 +16,7 @@ from clusterodm.errors import InvalidRequest, NodeUnreachable
 from clusterodm.model import Node, TaskEntry, parse_line
 from clusterodm.proxy.deps import deps, user_of
 from clusterodm.proxy.formdata import FormPart, FormReader, RawSink, form_reader
-from clusterodm.proxy.forward import forward
+from clusterodm.proxy.forward import forward, forward_poll
 from clusterodm.results import S3Downloads, s3_asset_url
 from clusterodm.tasks.intake import FilePart
 
@@ -141,7 +141,7 @@ async def _ask_node(
     if held is not None and not d.registry.is_online(node):
         return held
     try:
-        return await forward(request, d.client, node, path)
+        return await forward_poll(request, d.client, node, path)
     except NodeUnreachable:
         d.registry.record_failure(node.key)
         if held is None:
