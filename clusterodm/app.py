@@ -37,13 +37,7 @@ from clusterodm.nodes.ratelimit import RateLimiter
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.proxy.deps import DEPS, OptionsCache, ProxyDeps
 from clusterodm.proxy.endpoints import ROUTES
-from clusterodm.proxy.middleware import (
-    add_cors_headers,
-    cors_middleware,
-    errors_middleware,
-    token_middleware,
-)
-from clusterodm.proxy.observe import METRICS, metrics_middleware
+from clusterodm.proxy.middleware import proxy_middleware
 from clusterodm.results import S3Access, S3Downloads, check_bucket
 from clusterodm.store.base import Store
 from clusterodm.store.legacy import import_legacy
@@ -98,14 +92,9 @@ def build_concurrency(
 
 
 def build_proxy_app(deps: ProxyDeps, metrics: Metrics) -> web.Application:
-    app = web.Application(
-        middlewares=[metrics_middleware, errors_middleware, cors_middleware, token_middleware],
-        client_max_size=1 << 20,
-    )
+    app = web.Application(middlewares=[proxy_middleware(metrics)], client_max_size=1 << 20)
     app[DEPS] = deps
-    app[METRICS] = metrics
     app.add_routes(ROUTES)
-    app.on_response_prepare.append(add_cors_headers)
     return app
 
 

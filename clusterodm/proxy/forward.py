@@ -29,6 +29,7 @@ from clusterodm.errors import NodeUnreachable
 from clusterodm.model import Node
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.polls import AnswerTooLarge
+from clusterodm.proxy.middleware import add_cors_headers
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ async def forward(
         )
         if length is not None:
             stream.content_length = length
+        add_cors_headers(request, stream)
         await stream.prepare(request)
         if length is not None and await _splice_rest(request, stream, upstream, length, client):
             await stream.write_eof()
