@@ -41,6 +41,8 @@ _FIXED_HEADERS = (
 )
 _MAX_HEAD_BYTES = 64 * 1024
 _NO_BODY = frozenset({204, 304})
+#: answer headers that say where the answer ends
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +107,8 @@ class _Connection(asyncio.Protocol):
         self._body = bytearray()
         self._max_body = 0
         self._received = False
-        self._read_timeout_s = 0.0
-        self._last_data = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        #: loop time of the last bytes received, or of the request (for the read limit)
+        self.last_data = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -137,7 +138,7 @@ class _Connection(asyncio.Protocol):
             self.close()  # nothing was asked: the connection is out of step
             return
         self._received = True
-        self._last_data = self.loop.time()
+        self.last_data = self.loop.time()
         self._buffer += data
         try:
             self._advance()
@@ -146,9 +147,7 @@ class _Connection(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------------------
 
-    def fetch(
-        self, request: bytes, read_timeout_s: float, max_body_bytes: int
-    ) -> asyncio.Future[PollAnswer]:
+    def fetch(self, request: bytes, max_body_bytes: int) -> asyncio.Future[PollAnswer]:
         waiter = self.loop.create_future()
         if self.closed or self.transport is None or self.transport.is_closing():
             waiter.set_exception(_Stale("Server disconnected"))
@@ -157,9 +156,8 @@ class _Connection(asyncio.Protocol):
         self._phase = _Phase.HEAD
         self._received = False
         self._max_body = max_body_bytes
-        self._read_timeout_s = read_timeout_s
-        self._last_data = self.loop.time()
-        self._timer = self.loop.call_at(self._last_data + read_timeout_s, self._on_timer)
+        self.last_data = self.loop.time()
+        self.pool.watchdog.watch(self)
         self.transport.write(request)
         return waiter
 
@@ -168,15 +166,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _on_timer(self) -> None:
-        """An idle limit, as aiohttp's ``sock_read``: it restarts whenever bytes arrive."""
-        self._timer = None
-        if self._waiter is None or self._waiter.done():
-            return
-        due = self._last_data + self._read_timeout_s
-        if self.loop.time() < due:
-            self._timer = self.loop.call_at(due, self._on_timer)
-            return
+    def time_out(self) -> None:
         self._fail(TimeoutError("Timeout on reading data from socket"))
 
     def _finish(self, body: bytes) -> None:
@@ -194,12 +184,11 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(error)
 
     def _reset(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.pool.watchdog.busy.discard(self)
         self._phase = _Phase.IDLE
         self._waiter = None
-        self._body = bytearray()
+        if self._body:
+            self._body = bytearray()
 
     # -- parsing ---------------------------------------------------------------------------
 
@@ -239,24 +228,26 @@ class _Connection(asyncio.Protocol):
     def _head(self, head: bytes) -> bool:
         """Read a status line and headers; False for an interim (1xx) answer."""
         lines = head.decode("utf-8", "surrogateescape").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        code = rest[:3]
-        if not version.startswith("HTTP/1.") or not code.isdigit():
-            raise _Broken(f"Invalid status line: {lines[0][:100]!r}")
+        status_line = lines[0]
+        code = status_line[9:12]
+        if status_line[:7] != "HTTP/1." or status_line[8:9] != " " or not code.isdigit():
+            raise _Broken(f"Invalid status line: {status_line[:100]!r}")
         status = int(code)
         if status < 200:
             return False
         headers: list[tuple[str, str]] = []
         length: int | None = None
         chunked = False
-        keep_alive = version == "HTTP/1.1"
+        keep_alive = status_line[7] == "1"
         for line in lines[1:]:
             name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
+            if not sep or not name or name[0] in " \t" or name[-1] in " \t":
                 raise _Broken(f"Invalid header line: {line[:100]!r}")
             value = value.strip()
             headers.append((name, value))
             lname = name.lower()
+            if lname not in _FRAMING:
+                continue
             if lname == "content-length":
                 if not value.isdigit() or (length is not None and int(value) != length):
                     raise _Broken(f"Invalid Content-Length: {value[:40]!r}")
@@ -327,13 +318,45 @@ class _Connection(asyncio.Protocol):
             self._length = -1
 
 
+class _Watchdog:
+    """The read limit of every busy connection, checked by one timer while any is busy: a
+    timer per request would cost more than the rest of a request's bookkeeping. The limit is on
+    idleness, as aiohttp's ``sock_read``: it restarts whenever bytes arrive. It fires up to a
+    quarter of itself (at most 1 s) late."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.interval_s = min(1.0, limit_s / 4)
+        self.busy: set[_Connection] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, conn: _Connection) -> None:
+        self.busy.add(conn)
+        if self._timer is None:
+            self._timer = conn.loop.call_later(self.interval_s, self._check, conn.loop)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        for conn in [c for c in self.busy if now - c.last_data >= self.limit_s]:
+            conn.time_out()  # leaves ``busy``
+        if self.busy:
+            self._timer = loop.call_later(self.interval_s, self._check, loop)
+
+
 class _Pool:
     """The connections to one node: idle ones (newest last) and how many exist in all."""
 
-    def __init__(self, host: str, port: int, limits: PoolLimits) -> None:
+    def __init__(self, host: str, port: int, limits: PoolLimits, watchdog: _Watchdog) -> None:
         self.host = host
         self.port = port
         self.limits = limits
+        self.watchdog = watchdog
         self.idle: deque[_Connection] = deque()
         self.size = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
@@ -341,15 +364,24 @@ class _Pool:
         authority = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
         self.host_header = f"Host: {authority}\r\n".encode("ascii")
 
+    def take(self) -> _Connection | None:
+        """The most recently used idle connection still fit for a request, if any."""
+        if not self.idle:
+            return None
+        now = time.monotonic()
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed and now - conn.idle_since < self.limits.keepalive_s:
+                return conn
+            self._drop(conn)
+        return None
+
     async def acquire(self, connect_s: float) -> tuple[_Connection, bool]:
         """A connection, idle or new, and whether it served a request before."""
         while True:
-            now = time.monotonic()
-            while self.idle:
-                conn = self.idle.pop()
-                if not conn.closed and now - conn.idle_since < self.limits.keepalive_s:
-                    return conn, True
-                self._drop(conn)
+            conn = self.take()
+            if conn is not None:
+                return conn, True
             if self.size < self.limits.per_node:
                 break
             waiter = asyncio.get_running_loop().create_future()
@@ -419,6 +451,7 @@ class _Pool:
         self.waiters.clear()
 
     def _drop(self, conn: _Connection) -> None:
+        self.watchdog.busy.discard(conn)
         conn.close()
         self.size -= 1
         self._wake()
@@ -448,7 +481,8 @@ class PollClient:
         self.connect_s = connect_s
         self.read_timeout_s = read_timeout_s
         self.limits = limits
-        self._pools: dict[str, _Pool] = {}
+        self._watchdog = _Watchdog(read_timeout_s)
+        self._pools: dict[tuple[str, int], _Pool] = {}
 
     @staticmethod
     def serves(node: Node) -> bool:
@@ -457,7 +491,7 @@ class PollClient:
 
     def connections(self, node: Node) -> int:
         """Open connections to ``node`` (idle or busy)."""
-        pool = self._pools.get(node.key)
+        pool = self._pools.get((node.hostname, node.port))
         return pool.size if pool is not None else 0
 
     async def get(
@@ -465,18 +499,22 @@ class PollClient:
     ) -> PollAnswer:
         """``GET target`` (path and query, already encoded) on ``node`` with extra ``headers``.
         Raises NodeUnreachable, or AnswerTooLarge (then the node's answer was not passed on)."""
-        pool = self._pools.get(node.key)
+        address = (node.hostname, node.port)
+        pool = self._pools.get(address)
         if pool is None:
-            pool = self._pools[node.key] = _Pool(node.hostname, node.port, self.limits)
+            pool = self._pools[address] = _Pool(*address, self.limits, self._watchdog)
         request = _request(target, pool.host_header, headers)
         retried = False
         while True:
+            conn = pool.take()  # without a coroutine when a connection is idle, as mostly
+            reused = conn is not None
+            if conn is None:
+                try:
+                    conn, reused = await pool.acquire(self.connect_s)
+                except _Broken as e:
+                    raise NodeUnreachable(_unreachable(node, e), node.key) from e
             try:
-                conn, reused = await pool.acquire(self.connect_s)
-            except _Broken as e:
-                raise NodeUnreachable(_unreachable(node, e), node.key) from e
-            try:
-                answer = await conn.fetch(request, self.read_timeout_s, self.limits.max_body_bytes)
+                answer = await conn.fetch(request, self.limits.max_body_bytes)
             except _Stale as e:
                 pool.discard(conn)
                 if reused and not retried:
@@ -496,6 +534,7 @@ class PollClient:
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             pool.close()
+        self._watchdog.close()
 
 
 def _request(target: str, host_header: bytes, headers: Sequence[tuple[str, str]]) -> bytes:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
+import re
 import select
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 from aiohttp import web
@@ -61,22 +63,36 @@ _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
 def _response_headers(upstream: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in upstream:
-        lk = k.lower()
-        if lk not in HOP_BY_HOP and not lk.startswith("access-control-"):
-            out.add(k, v)
-    return out
+    return CIMultiDict(
+        [
+            (k, v)
+            for k, v in upstream
+            if (lk := k.lower()) not in HOP_BY_HOP and not lk.startswith("access-control-")
+        ]
+    )
 
 
 def node_target(path: str, query: Mapping[str, str], node_token: str) -> str:
-    """Path and query for a node (the client's token swapped for the node token), encoded;
-    the same parameters as ``NodeClient.url`` gives aiohttp."""
+    """Path and query for a node (the client's token swapped for the node token), encoded as
+    ``urlencode`` does; the same parameters as ``NodeClient.url`` gives aiohttp."""
     params = {k: v for k, v in query.items() if k != "token"}
     if node_token:
         params["token"] = node_token
-    target = quote(path, safe=_PATH_SAFE)
-    return f"{target}?{urlencode(params)}" if params else target
+    target = path if _plain_path(path) else quote(path, safe=_PATH_SAFE)
+    if not params:
+        return target
+    return target + "?" + "&".join(f"{_quoted(k)}={_quoted(v)}" for k, v in params.items())
+
+
+_plain_path = re.compile(r"[A-Za-z0-9/%:@!$&'()*+,;=._~-]*").fullmatch
+
+
+def _quoted(text: str) -> str:
+    """``quote_plus``, remembered for the short strings that polls repeat (tokens, names)."""
+    return _quoted_short(text) if len(text) <= 128 else quote_plus(text)
+
+
+_quoted_short = functools.lru_cache(maxsize=1024)(quote_plus)
 
 
 async def forward_poll(
