@@ -139,6 +139,8 @@ class FormReader:
             raise InvalidRequest(
                 f"Upload stalled: nothing received for {self.idle_s:.0f} s"
             ) from None
+        except ConnectionResetError:  # the client left half-way: an ordinary event, not a fault
+            raise InvalidRequest("Upload interrupted: the connection closed mid-body") from None
         if not chunk:
             self._done = True
             if self._in_part or not self._ended:
