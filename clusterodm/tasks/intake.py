@@ -28,7 +28,7 @@ from clusterodm.tasks.concurrency import ConcurrencyGate
 from clusterodm.tasks.dispatch import LAUNCHING, node_fields
 from clusterodm.tasks.limits import check_options, enforce
 from clusterodm.tasks.options import Option, apply_splitmerge, parse_options
-from clusterodm.tasks.pipeline import PIPELINE_META, UploadPipelines
+from clusterodm.tasks.pipeline import PIPELINE_META, Relay, UploadPipelines
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
 
@@ -246,7 +246,7 @@ class TaskIntake:
             relay = None
         saved: list[tuple[str, str]] = []  # (name sent by the client, name staged)
         try:
-            await self._save_parts(user, uuid, body, saved, relay is None)
+            await self._save_parts(user, uuid, body, saved, relay)
         except BaseException:
             if relay is not None:
                 await relay.abort()
@@ -264,7 +264,7 @@ class TaskIntake:
         uuid: str,
         body: UploadBody,
         saved: list[tuple[str, str]],
-        send_each: bool,
+        relay: Relay | None,
     ) -> None:
         max_images = user.limits.max_images
         async for part in body:
@@ -272,9 +272,10 @@ class TaskIntake:
                 raise InvalidRequest("Split-merge is disabled on this cluster: seed.zip refused.")
             if max_images is not None and self.staging.count(uuid) >= max_images:
                 raise LimitExceeded(f"You can only upload up to {max_images} images.")
-            stored = await self.staging.save(uuid, part.filename, part.chunks)
+            chunks = part.chunks if relay is None else _failing_with(relay, part.chunks)
+            stored = await self.staging.save(uuid, part.filename, chunks)
             saved.append((part.filename, stored))
-            if send_each and self.pipelines is not None:
+            if relay is None and self.pipelines is not None:
                 self.pipelines.file_saved(uuid, self.staging.path(uuid) / stored)
         if not saved:
             raise InvalidRequest("Need at least 1 file.")
@@ -347,6 +348,17 @@ class TaskIntake:
         self.dispatcher.submit(uuid)
         log.info("task %s committed with %d images", uuid, images)
         return uuid
+
+
+async def _failing_with(relay: Relay, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``chunks``, failing the relay the moment the client's body breaks off: before staging
+    drops the half file, after which the client may already send it again."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except BaseException:
+        relay.fail()
+        raise
 
 
 def _date_created(value: Any, now_ms: int) -> int:

@@ -116,12 +116,16 @@ class Relay:
         self._closed = True
         self._more.set()
 
-    async def abort(self) -> None:
-        """The client's request failed: stop the node's request half-way (it drops it)."""
-        self.pipe.error = self.pipe.error or NodeRejected(
-            "upload relay aborted", self.pipe.node.key
-        )
+    def fail(self) -> None:
+        """The client's request broke off: end the pipeline at once (before anything else
+        happens, e.g. the client sending the image again) and stop the node's request half-way,
+        so that the node drops what it got of it."""
+        pipe = self.pipe
+        pipe.error = pipe.error or NodeRejected("upload relay aborted", pipe.node.key)
         self.job.cancel()
+
+    async def abort(self) -> None:
+        self.fail()
         with contextlib.suppress(BaseException):
             await self.job
 
@@ -221,8 +225,10 @@ class UploadPipelines:
             log.info("task %s: relay to %s failed: %s", uuid, pipe.node.key, e.message)
             pipe.error = pipe.error or e
             return
-        if self._pipes.get(uuid) is not pipe or pipe.error is not None:
-            return  # closed or failed meanwhile: nothing more to record
+        if self._pipes.get(uuid) is not pipe:
+            return  # closed meanwhile: nothing more to record
+        # Recorded even once the pipeline has failed: if the task then goes to this node again,
+        # what it already holds is not sent twice (NodeODM would keep both copies).
         changed = [name for name, _ in saved if sanitize(name) != name]
         if changed:
             msg = f"image name {changed[0][:80]!r} is stored under another name"
