@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -477,14 +478,23 @@ def bench_upload(ctx: Context, figures: dict[str, Any]) -> None:
             proxy = start_proxy(ctx.work, "upload", [_port(node_url)], [])
             cluster_url = proxy.url
         direct, proxied = [], []
+        node_cpu, proxy_cpu = [], []  # CPU seconds per upload: the figures least moved by noise
+        node_pid = node.pid if node is not None else None
+        proxy_pid = proxy.proc.pid if proxy is not None else None
         for _ in range(p.runs):
+            before = cpu_s(node_pid)
             direct.append(upload(node_url, p, "", node_url))
+            node_cpu.append(cpu_s(node_pid) - before)
+            before = cpu_s(proxy_pid)
             proxied.append(upload(cluster_url, p, ctx.token, node_url))
+            proxy_cpu.append(cpu_s(proxy_pid) - before)
     finally:
         if proxy is not None:
             proxy.stop()
         if node is not None:
             node.stop()
+    figures["upload_cpu_s_node"] = median(node_cpu)
+    figures["upload_cpu_s_cluster"] = median(proxy_cpu)
     figures["upload_images"] = p.images
     figures["upload_image_bytes"] = p.image_size
     figures["upload_s_direct"] = median([r["seconds"] for r in direct])
@@ -682,6 +692,12 @@ def render(figures: dict[str, Any], table: list[Goal]) -> str:
         lines.append(
             f"CPU per GET /task/<uuid>/info: cluster {figures['cluster_cpu_us_per_request']:.0f}"
             f" us, node {figures['node_cpu_us_per_request']:.0f} us."
+        )
+    cluster_cpu = figures.get("upload_cpu_s_cluster")
+    if cluster_cpu is not None and not math.isnan(cluster_cpu):
+        lines.append(
+            f"CPU per upload of {figures['upload_images']} images: cluster {cluster_cpu:.2f} s,"
+            f" node {figures['upload_cpu_s_node']:.2f} s."
         )
     return "\n".join(lines)
 
