@@ -312,10 +312,13 @@ async def start_cluster(settings: Settings) -> Cluster:
     cluster.failover = failover
     intake.queue_at_limit = settings.dispatch.keep_images_bytes > 0
     scaleout = share(cluster) if isinstance(store, RedisStore) else None
-    if settings.dispatch.early_forwarding and scaleout is None:
+    if settings.dispatch.early_forwarding:
         pipelines = UploadPipelines(
             registry, client, settings.dispatch, lambda: dispatcher.queue_length() == 0, store
         )
+        if scaleout is not None:
+            assert isinstance(store, RedisStore)
+            pipelines.share(store, scaleout.instance_id)
         intake.pipelines = dispatcher.pipelines = pipelines
         dispatcher.store = store
         cluster.closers.append(pipelines.close_all)
@@ -360,11 +363,7 @@ async def start_cluster(settings: Settings) -> Cluster:
 
 
 def share(cluster: Cluster) -> ScaleOut:
-    """Several instances on one Redis: claims, leader, notices (docs/scale-out.md).
-
-    Early forwarding stays off: its pipeline lives in the memory of the instance that received
-    the first upload, while the next upload of the same task may arrive at another instance.
-    """
+    """Several instances on one Redis: claims, leader, notices (docs/scale-out.md)."""
     d, store = cluster.deps, cluster.store
     assert isinstance(store, RedisStore)
     scaleout = ScaleOut(

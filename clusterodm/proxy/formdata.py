@@ -81,6 +81,11 @@ class FormReader:
             },
         )
 
+    @property
+    def tappable(self) -> bool:
+        """Nothing of the body was read yet, so a tap would see all of it."""
+        return not self._started
+
     def tap(self, sink: RawSink) -> bool:
         """Hand every raw chunk of the body to ``sink`` before parsing it. Only possible before
         the first byte is read (False afterwards: the sink would miss the beginning)."""

@@ -45,6 +45,10 @@ class ImageParts:
         self.content_type = reader.content_type
         self.content_length = reader.content_length
 
+    @property
+    def tappable(self) -> bool:
+        return self.reader.tappable and self.first is None
+
     def tap(self, sink: RawSink) -> bool:
         return self.reader.tap(sink)
 

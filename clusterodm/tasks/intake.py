@@ -62,6 +62,11 @@ class UploadBody(Protocol):
     content_type: str
     content_length: int | None
 
+    @property
+    def tappable(self) -> bool:
+        """Whether ``tap`` is still possible: nothing of the body was read yet."""
+        ...
+
     def tap(self, sink: Callable[[bytes], Awaitable[None]]) -> bool:
         """Pass every raw chunk to ``sink`` before parsing; False once reading has begun."""
         ...
@@ -240,16 +245,18 @@ class TaskIntake:
         """
         upload = await self._upload_of(user, uuid)
         pipelines = await self._pipeline_for(upload)
-        relay = pipelines.relay(uuid, body.content_type, body.content_length) if pipelines else None
-        if relay is not None and not body.tap(relay.feed):
-            await relay.abort()
-            relay = None
+        relay = None
+        if pipelines is not None and body.tappable:
+            relay = pipelines.relay(uuid, body.content_type, body.content_length)
+            if relay is not None:
+                body.tap(relay.feed)
         saved: list[tuple[str, str]] = []  # (name sent by the client, name staged)
         try:
             await self._save_parts(user, uuid, body, saved, relay)
         except BaseException:
             if relay is not None:
-                await relay.abort()
+                assert pipelines is not None
+                await pipelines.abort(relay)
             raise
         if relay is not None:
             assert pipelines is not None
@@ -294,8 +301,8 @@ class TaskIntake:
         if not self.dispatcher.may_start(upload.owner):
             return None  # at their concurrency limit: the task will queue
         key = PIPELINE_META + upload.uuid
-        if await self.store.get_meta(key) is not None:
-            return None
+        if not pipelines.shared and await self.store.get_meta(key) is not None:
+            return None  # (shared: the record is how instances find the pipeline)
         pipe = await pipelines.open(upload.uuid, node_fields(upload.fields, upload.options))
         return pipelines if pipe is not None else None
 
@@ -345,6 +352,8 @@ class TaskIntake:
         await self._admit(user, task)
         await self._delete_upload(uuid)
         self.flood.record_commit(user.token)
+        if self.pipelines is not None and self.pipelines.shared:
+            await self.pipelines.adopt(uuid)  # opened on any instance, finished by this one
         self.dispatcher.submit(uuid)
         log.info("task %s committed with %d images", uuid, images)
         return uuid

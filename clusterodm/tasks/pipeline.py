@@ -23,6 +23,14 @@ The staged copy stays the source of truth: if anything goes wrong the pipeline i
 the ordinary dispatch runs from the staged files, preferring another node (the pipeline's node
 may hold part of the upload under this uuid). Only nodes without a ``maxImages`` limit are used,
 since the image count is not known until commit.
+
+Several instances on one shared store (``share``): the task's uploads may reach any of them. The
+pipeline's record in the store is then what they share: the first upload on any instance opens
+it (under a short lock, so one node is chosen), later ones on any instance join it and relay to
+the same node, every relay's images are merged into it, a failure marks it broken for all, and
+the instance that receives the commit adopts it and finishes it. Relays are not detached there:
+each upload's images are recorded before its client is answered, so at commit the record is
+complete whichever instance relayed them.
 """
 
 from __future__ import annotations
@@ -38,11 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clusterodm.config import DispatchSettings
-from clusterodm.errors import NodeError, NodeRejected, NodeUnreachable
+from clusterodm.errors import NodeError, NodeRejected, NodeUnreachable, StoreError
 from clusterodm.model import Node
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
-from clusterodm.store.base import Store
+from clusterodm.store.base import Coordination, Store
 from clusterodm.store.staging import sanitize
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,9 @@ PIPELINE_META = "pipeline:"  # store meta key: {"node": key, "sent": [names]} of
 IDLE_S = 30 * 60.0  # a pipeline with no upload for this long gives its slot back
 RELAY_BUFFER_BYTES = 4 * 1024 * 1024
 """Received bytes a relay holds for a node slower than the client; then the client waits."""
+LOCK_TTL_MS = 10_000  # a record lock outlives any holder that died with it by this much
+LOCK_WAIT_S = 15.0  # then a request goes on without the pipeline
+SHARED_IDLE_S = 120.0  # an instance lets go of a shared pipeline it has not used for this long
 MAX_DETACHED_RELAYS = 4
 """Relays of one upload that may go on after their client was answered (memory bound:
 this times ``RELAY_BUFFER_BYTES``)."""
@@ -66,9 +77,32 @@ class Pipeline:
     error: NodeError | None = None
     last_activity: float = field(default_factory=time.monotonic)
     detached: int = 0  # relays still sending after their client was answered
+    joined: bool = False  # opened by another instance: no slot counted here
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one record write at a time
     version: int = 0  # changes of ``sent`` asked to be recorded ...
     written: int = 0  # ... and how many of them the store holds
+
+
+@dataclass(frozen=True)
+class PipelineRecord:
+    """A pipeline as the store keeps it (``pipeline:<uuid>``): its node, the images the node
+    holds, and whether it broke (then nobody relays to it any more)."""
+
+    node: str
+    sent: frozenset[str]
+    broken: bool = False
+
+    @staticmethod
+    def parse(raw: str | None) -> PipelineRecord | None:
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("node"), str):
+            return None
+        sent = data.get("sent")
+        names = frozenset(str(n) for n in sent) if isinstance(sent, list) else frozenset()
+        return PipelineRecord(data["node"], names, bool(data.get("broken")))
 
 
 class Relay:
@@ -147,6 +181,67 @@ class UploadPipelines:
         self._pipes: dict[str, Pipeline] = {}
         self._sem = asyncio.Semaphore(settings.parallel_uploads)
         self._opening: dict[str, asyncio.Lock] = {}
+        self.coordination: Coordination | None = None  # set by ``share``
+        self.instance = ""
+
+    def share(self, coordination: Coordination, instance: str) -> None:
+        """Several instances on one shared store: pipelines live in the store (module doc)."""
+        self.coordination = coordination
+        self.instance = instance
+
+    @property
+    def shared(self) -> bool:
+        return self.coordination is not None
+
+    @contextlib.asynccontextmanager
+    async def _record_lock(self, uuid: str) -> AsyncIterator[None]:
+        """The pipeline record of ``uuid``, for this instance alone while held."""
+        assert self.coordination is not None
+        key = f"lock:{PIPELINE_META}{uuid}"
+        owner = f"{self.instance}:{id(asyncio.current_task())}"
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while not await self.coordination.claim(key, owner, LOCK_TTL_MS):
+            if time.monotonic() > deadline:
+                raise NodeRejected("the upload's pipeline record stayed locked")
+            await asyncio.sleep(0.005)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                await self.coordination.release(key, owner)
+
+    async def _read_record(self, uuid: str) -> PipelineRecord | None:
+        return PipelineRecord.parse(await self.store.get_meta(PIPELINE_META + uuid))
+
+    async def _join(self, uuid: str, record: PipelineRecord) -> Pipeline | None:
+        """This instance takes part in a pipeline another opened (or that it lost track of)."""
+        node = self.registry.get(record.node)
+        if record.broken or node is None:
+            return None
+        pipe = Pipeline(uuid, node, sent=set(record.sent))
+        pipe.joined = True
+        self._pipes[uuid] = pipe
+        return pipe
+
+    async def adopt(self, uuid: str) -> bool:
+        """At commit on a shared store: take over the upload's pipeline, wherever it was
+        opened, so that this instance's dispatch finishes it. False if there is none to use."""
+        if not self.shared:
+            return uuid in self._pipes
+        record = await self._read_record(uuid)
+        pipe = self._pipes.get(uuid)
+        if record is None or record.broken:
+            return False
+        if pipe is None:
+            pipe = await self._join(uuid, record)
+            if pipe is None:
+                return False
+        else:
+            pipe.sent |= record.sent
+        if pipe.joined:
+            pipe.joined = False
+            self.registry.add_transient(pipe.node.key)  # this instance forwards the task now
+        return True
 
     def __contains__(self, uuid: str) -> bool:
         return uuid in self._pipes
@@ -159,23 +254,40 @@ class UploadPipelines:
         async with lock:
             if uuid in self._pipes:
                 return self._pipes[uuid]
-            if not self.queue_empty():
-                return None
-            node = self.registry.best(ANY_SIZE, require_slot=True)
-            if node is None:
-                return None
-            self.registry.add_transient(node.key)
+            if not self.shared:
+                return await self._open(uuid, fields)
             try:
-                await self.client.init_task(node, uuid, dict(fields))
-            except NodeError as e:
-                self.registry.drop_transient(node.key)
-                log.info("task %s: no early forwarding to %s: %s", uuid, node.key, e.message)
+                async with self._record_lock(uuid):
+                    record = await self._read_record(uuid)
+                    if record is not None:
+                        return await self._join(uuid, record)
+                    return await self._open(uuid, fields)
+            except NodeRejected as e:
+                log.info("task %s: no early forwarding: %s", uuid, e.message)
                 return None
-            pipe = Pipeline(uuid, node)
-            self._pipes[uuid] = pipe
+
+    async def _open(self, uuid: str, fields: Mapping[str, str]) -> Pipeline | None:
+        """Choose the node and initialise the task there (the record does not exist yet)."""
+        if not self.queue_empty():
+            return None
+        node = self.registry.best(ANY_SIZE, require_slot=True)
+        if node is None:
+            return None
+        self.registry.add_transient(node.key)
+        try:
+            await self.client.init_task(node, uuid, dict(fields))
+        except NodeError as e:
+            self.registry.drop_transient(node.key)
+            log.info("task %s: no early forwarding to %s: %s", uuid, node.key, e.message)
+            return None
+        pipe = Pipeline(uuid, node)
+        self._pipes[uuid] = pipe
+        if self.shared:
+            await self._merge_record(pipe)  # under the record lock already
+        else:
             await self._remember(pipe)
-            log.debug("task %s: forwarding images to %s while they arrive", uuid, node.key)
-            return pipe
+        log.debug("task %s: forwarding images to %s while they arrive", uuid, node.key)
+        return pipe
 
     def relay(self, uuid: str, content_type: str, length: int | None) -> Relay | None:
         """Start relaying an upload request's body to the pipeline's node; None if there is
@@ -202,7 +314,7 @@ class UploadPipelines:
         """
         pipe = relay.pipe
         relay.close()
-        if relay.job.done() or pipe.detached >= MAX_DETACHED_RELAYS:
+        if relay.job.done() or pipe.detached >= MAX_DETACHED_RELAYS or self.shared:
             await self._settle(uuid, relay, saved)
             return
         pipe.detached += 1
@@ -224,6 +336,7 @@ class UploadPipelines:
         except NodeError as e:
             log.info("task %s: relay to %s failed: %s", uuid, pipe.node.key, e.message)
             pipe.error = pipe.error or e
+            await self._failed(pipe)
             return
         if self._pipes.get(uuid) is not pipe:
             return  # closed meanwhile: nothing more to record
@@ -233,6 +346,7 @@ class UploadPipelines:
         if changed:
             msg = f"image name {changed[0][:80]!r} is stored under another name"
             pipe.error = pipe.error or NodeRejected(msg, pipe.node.key)
+            await self._failed(pipe)
             return
         pipe.last_activity = time.monotonic()
         pipe.sent.update(stored for _, stored in saved)
@@ -263,7 +377,7 @@ class UploadPipelines:
                     if no_retry or attempt == self.settings.upload_retries:
                         pipe.error = e
                         return
-                await asyncio.sleep(min(0.5 * attempt, 5.0))
+                await asyncio.sleep(min(0.5 * attempt * self.settings.backoff_base_s, 5.0))
 
     async def _remember(self, pipe: Pipeline) -> None:
         """Persist which node holds which of the images, so that after a crash the task is
@@ -274,6 +388,10 @@ class UploadPipelines:
         the newest state for all of them. An image missing from the record after a crash is
         only sent again (same name, same bytes).
         """
+        if self.shared:
+            async with self._record_lock(pipe.uuid):
+                await self._merge_record(pipe)
+            return
         pipe.version += 1
         wanted = pipe.version
         async with pipe.lock:
@@ -283,6 +401,29 @@ class UploadPipelines:
             record = {"node": pipe.node.key, "sent": sorted(pipe.sent)}
             await self.store.set_meta(PIPELINE_META + pipe.uuid, json.dumps(record))
             pipe.written = version
+
+    async def _merge_record(self, pipe: Pipeline) -> None:
+        """Shared store, record lock held: add this instance's images to the record, mark it
+        broken if the pipeline failed here, and learn what the other instances recorded."""
+        record = await self._read_record(pipe.uuid)
+        if record is not None:
+            pipe.sent |= record.sent
+        broken = (record is not None and record.broken) or pipe.error is not None
+        if broken and pipe.error is None:
+            pipe.error = NodeRejected("early forwarding ended on another instance", pipe.node.key)
+        merged = {"node": pipe.node.key, "sent": sorted(pipe.sent), "broken": broken}
+        await self.store.set_meta(PIPELINE_META + pipe.uuid, json.dumps(merged))
+
+    async def _failed(self, pipe: Pipeline) -> None:
+        """The pipeline failed on this instance: on a shared store, tell the others."""
+        if self.shared:
+            with contextlib.suppress(NodeError, StoreError):
+                await self._remember(pipe)
+
+    async def abort(self, relay: Relay) -> None:
+        """The client's request failed (see ``Relay.fail``)."""
+        await relay.abort()
+        await self._failed(relay.pipe)
 
     async def finish(self, uuid: str, files: list[Path], fields: Mapping[str, str]) -> Node:
         """Send what is left, initialise again with the final fields, commit. Raises NodeError;
@@ -304,7 +445,8 @@ class UploadPipelines:
             ok = True
             return pipe.node
         finally:
-            if not ok:  # on success the caller drops it once the task is counted on the node
+            # on success the caller drops it once the task is counted on the node
+            if not ok and not pipe.joined:
                 self.registry.drop_transient(pipe.node.key)
 
     async def close(self, uuid: str) -> Node | None:
@@ -318,13 +460,16 @@ class UploadPipelines:
             job.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(*list(pipe.jobs), return_exceptions=True)
-        self.registry.drop_transient(pipe.node.key)
+        if not pipe.joined:
+            self.registry.drop_transient(pipe.node.key)
         return pipe.node
 
     async def expire(self, now: float | None = None) -> list[str]:
         """Close pipelines of uploads the client stopped sending (slot given back)."""
         now = time.monotonic() if now is None else now
-        idle = [u for u, p in self._pipes.items() if not p.jobs and now - p.last_activity > IDLE_S]
+        # shared: the record lives on; this instance joins it again at its next upload
+        limit = SHARED_IDLE_S if self.shared else IDLE_S
+        idle = [u for u, p in self._pipes.items() if not p.jobs and now - p.last_activity > limit]
         for uuid in idle:
             await self.close(uuid)
         return idle

@@ -56,6 +56,12 @@ async def test_failed_early_forwarding_falls_back(
     assert uuid not in bad.tasks
 
 
+def ready(sim: SimNode, uuid: str) -> bool:
+    """The node created the task and moved its images in place."""
+    task = sim.tasks.get(uuid)
+    return task is not None and task.initialized
+
+
 def node_image(sim: SimNode, uuid: str, name: str) -> bytes:
     return (sim.tasks[uuid].directory / "images" / name).read_bytes()
 
@@ -91,7 +97,7 @@ async def test_relay_passes_the_client_bytes_once(
         assert sorted(p.name for p in staged.iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]
         r = await s.post(f"{cluster.url}/task/new/commit/{uuid}")
         assert await r.json() == {"uuid": uuid}
-        await eventually(lambda: uuid in sim.tasks and sim.tasks[uuid].images != [])
+        await eventually(lambda: ready(sim, uuid), message="initialised on the node")
     assert sim.upload_requests == 2, "no image was sent again after commit"
     for name, data in images.items():
         assert node_image(sim, uuid, name) == data
@@ -112,7 +118,7 @@ async def test_same_name_twice_is_relayed_as_the_node_names_it(
         await upload(s, cluster.url, uuid, {"b.jpg": other})
         r = await s.post(f"{cluster.url}/task/new/commit/{uuid}")
         assert await r.json() == {"uuid": uuid}
-        await eventually(lambda: uuid in sim.tasks and sim.tasks[uuid].images != [])
+        await eventually(lambda: ready(sim, uuid), message="initialised on the node")
     assert sim.upload_requests == 3
     assert sorted(sim.tasks[uuid].images) == ["a.jpg", "a_.jpg", "b.jpg"]
     assert node_image(sim, uuid, "a.jpg") == first
@@ -145,7 +151,7 @@ async def test_a_name_the_cluster_changes_ends_the_relay(
         r = await s.post(f"{cluster.url}/task/new/commit/{uuid}")
         assert await r.json() == {"uuid": uuid}
         await eventually(
-            lambda: uuid in second.tasks and second.tasks[uuid].images != [],
+            lambda: ready(second, uuid),
             timeout_s=15,
             message="forwarded to the other node",
         )
@@ -188,7 +194,7 @@ async def test_client_leaving_mid_upload_keeps_the_task_whole(
         await upload(s, cluster.url, uuid, {"late.jpg": retried})
         r = await s.post(f"{cluster.url}/task/new/commit/{uuid}")
         assert await r.json() == {"uuid": uuid}
-        await eventually(lambda: uuid in sim.tasks and sim.tasks[uuid].images != [])
+        await eventually(lambda: ready(sim, uuid), message="initialised on the node")
     assert sorted(sim.tasks[uuid].images) == ["good.jpg", "late.jpg"]
     assert node_image(sim, uuid, "late.jpg") == retried
     assert node_image(sim, uuid, "good.jpg") == good
@@ -212,9 +218,7 @@ async def test_node_failing_a_relay_falls_back_to_another_node(
         r = await s.post(f"{cluster.url}/task/new/commit/{uuid}")
         assert await r.json() == {"uuid": uuid}
         owner = await eventually(
-            lambda: next(
-                (n for n in (bad, good) if uuid in n.tasks and n.tasks[uuid].images), None
-            ),
+            lambda: next((n for n in (bad, good) if ready(n, uuid)), None),
             timeout_s=15,
             message="the task runs on a node",
         )

@@ -6,6 +6,7 @@ The same scenario with real processes, pyodm and ``kill -9`` is in tests/e2e/tes
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,6 +149,40 @@ async def test_init_upload_commit_and_polls_on_different_instances(
         await eventually(lambda: b.deps.routes.get(uuid) is None, timeout_s=5)
         info = await json_of(await s.get(f"{b.url}/task/{uuid}/info"))
         assert "error" in info
+
+
+async def test_early_forwarding_across_instances(
+    store_url: str,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    """Uploads on two instances reach the node before commit, through one pipeline record;
+    the commit on a third finishes it there without sending any image again."""
+    sim = await simnode_factory(test_seconds=0.2)
+    a, b, c = await three(cluster_factory, store_url, tmp_path / "shared", [sim])
+    payload = {name: os.urandom(3000) for name in ("1.jpg", "2.jpg", "3.jpg")}
+
+    def form(*names: str) -> FormData:
+        f = FormData()
+        for name in names:
+            f.add_field("images", payload[name], filename=name)
+        return f
+
+    async with aiohttp.ClientSession() as s:
+        init = await json_of(await s.post(f"{a.url}/task/new/init", data=FormData({})))
+        uuid = init["uuid"]
+        up = await s.post(f"{b.url}/task/new/upload/{uuid}", data=form("1.jpg", "2.jpg"))
+        assert await json_of(up) == {"success": True}
+        up = await s.post(f"{c.url}/task/new/upload/{uuid}", data=form("3.jpg"))
+        assert await json_of(up) == {"success": True}
+        assert sim.upload_requests == 2, "both requests relayed before commit"
+        assert uuid not in sim.tasks
+        assert await json_of(await s.post(f"{a.url}/task/new/commit/{uuid}")) == {"uuid": uuid}
+        await eventually(lambda: _is(code(s, a.url, uuid), 40), timeout_s=15)
+    assert sim.upload_requests == 2, "nothing sent again at commit"
+    for name, data in payload.items():
+        assert (sim.tasks[uuid].directory / "images" / name).read_bytes() == data
 
 
 async def _is(value: Any, expected: Any) -> bool:
