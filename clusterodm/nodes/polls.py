@@ -360,6 +360,7 @@ class _Pool:
         self.idle: deque[_Connection] = deque()
         self.size = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
+        self.closed = False
         name = host if host.isascii() else host.encode("idna").decode("ascii")
         authority = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
         self.host_header = f"Host: {authority}\r\n".encode("ascii")
@@ -376,12 +377,16 @@ class _Pool:
             self._drop(conn)
         return None
 
-    async def acquire(self, connect_s: float) -> tuple[_Connection, bool]:
-        """A connection, idle or new, and whether it served a request before."""
+    async def acquire(self, connect_s: float, fresh: bool = False) -> tuple[_Connection, bool]:
+        """A connection, idle or (always, if ``fresh``) new, and whether it served a request
+        before."""
         while True:
-            conn = self.take()
-            if conn is not None:
-                return conn, True
+            if not fresh:
+                conn = self.take()
+                if conn is not None:
+                    return conn, True
+            elif self.idle and self.size >= self.limits.per_node:
+                self._drop(self.idle.popleft())  # make room: the oldest idle one goes
             if self.size < self.limits.per_node:
                 break
             waiter = asyncio.get_running_loop().create_future()
@@ -421,7 +426,7 @@ class _Pool:
 
     def release(self, conn: _Connection) -> None:
         """Back to the pool if it can serve another request, else closed."""
-        if conn.keep_alive and not conn.closed:
+        if conn.keep_alive and not conn.closed and not self.closed:
             conn.idle_since = time.monotonic()
             self.idle.append(conn)
             self._trim()
@@ -443,6 +448,7 @@ class _Pool:
         self._wake()
 
     def close(self) -> None:
+        self.closed = True
         while self.idle:
             self._drop(self.idle.pop())
         for waiter in self.waiters:
@@ -506,11 +512,12 @@ class PollClient:
         request = _request(target, pool.host_header, headers)
         retried = False
         while True:
-            conn = pool.take()  # without a coroutine when a connection is idle, as mostly
+            # without a coroutine when a connection is idle, as mostly; a retry needs a new one
+            conn = None if retried else pool.take()
             reused = conn is not None
             if conn is None:
                 try:
-                    conn, reused = await pool.acquire(self.connect_s)
+                    conn, reused = await pool.acquire(self.connect_s, fresh=retried)
                 except _Broken as e:
                     raise NodeUnreachable(_unreachable(node, e), node.key) from e
             try:

@@ -123,14 +123,15 @@ async def _authorise(request: web.Request) -> web.Response | None:
     An address that sent too many wrong tokens lately gets 429 instead, without its token being
     checked (``access/guard.py``).
     """
-    access = deps(request).access
+    d = deps(request)
+    access = d.access
     token = request.query.get("token", "")
     if is_public(request.path):
         # public paths answer without a valid token; the user is known only when it is valid
         with contextlib.suppress(ClusterError):
             request[USER] = await access.authenticate(token)
         return None
-    guard = deps(request).guard
+    guard = d.guard
     ip = request.remote or ""
     try:
         guard.check(ip)

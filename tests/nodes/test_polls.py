@@ -152,6 +152,28 @@ async def test_connection_closed_by_node_between_requests_is_retried_once(
     assert [r.split(b" ")[1] for r in raw.requests] == [b"/a", b"/b", b"/b"]
 
 
+async def test_retry_takes_a_new_connection_not_another_idle_one(
+    raw_node: Callable[[Script], Awaitable[RawNode]], polls: PollClient
+) -> None:
+    both_asked = asyncio.Event()
+
+    async def script(conn: int, index: int, head: bytes) -> bytes | None:
+        if index > 0:
+            return None  # every kept-alive connection went stale
+        if conn < 2:
+            if len(raw.requests) == 2:
+                both_asked.set()
+            await both_asked.wait()  # two requests at once: two idle connections afterwards
+        return answer(f"conn {conn}".encode())
+
+    raw = await raw_node(script)
+    first = await asyncio.gather(polls.get(raw.node, "/a"), polls.get(raw.node, "/b"))
+    assert sorted(a.body for a in first) == [b"conn 0", b"conn 1"]
+    assert polls.connections(raw.node) == 2
+    assert (await polls.get(raw.node, "/c")).body == b"conn 2"
+    assert raw.connections == 3, "one stale connection tried, then a new one"
+
+
 async def test_fresh_connection_closed_unanswered_is_not_retried(
     raw_node: Callable[[Script], Awaitable[RawNode]], polls: PollClient
 ) -> None:

@@ -53,6 +53,11 @@ async def test_polls_pass_the_nodes_answer_on_kept_alive_connections(
             assert (await r.json())["uuid"] == uuid
         r = await s.get(f"{cluster.url}/task/{uuid}/info?token=wrong")
         assert r.status == 401
+        # HEAD takes the aiohttp path, with the same length as the node's answer
+        direct = await s.head(f"{sim.url}/task/{uuid}/info?token=nodesecret")
+        via = await s.head(f"{cluster.url}/task/{uuid}/info?token=clustersecret")
+        assert via.status == direct.status == 200
+        assert via.headers["Content-Length"] == direct.headers["Content-Length"]
     assert cluster.deps.client.polls.connections(node) == 1
 
 
