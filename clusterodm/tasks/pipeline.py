@@ -78,6 +78,7 @@ class Pipeline:
     last_activity: float = field(default_factory=time.monotonic)
     detached: int = 0  # relays still sending after their client was answered
     joined: bool = False  # opened by another instance: no slot counted here
+    closed: bool = False  # dropped: what its relays still do is not recorded
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one record write at a time
     version: int = 0  # changes of ``sent`` asked to be recorded ...
     written: int = 0  # ... and how many of them the store holds
@@ -338,8 +339,8 @@ class UploadPipelines:
             pipe.error = pipe.error or e
             await self._failed(pipe)
             return
-        if self._pipes.get(uuid) is not pipe:
-            return  # closed meanwhile: nothing more to record
+        if pipe.closed:
+            return  # dropped meanwhile (``finish`` only takes it out of the table: it waits)
         # Recorded even once the pipeline has failed: if the task then goes to this node again,
         # what it already holds is not sent twice (NodeODM would keep both copies).
         changed = [name for name, _ in saved if sanitize(name) != name]
@@ -455,6 +456,7 @@ class UploadPipelines:
         self._opening.pop(uuid, None)
         if pipe is None:
             return None
+        pipe.closed = True
         pipe.error = pipe.error or NodeRejected("pipeline closed", pipe.node.key)
         for job in list(pipe.jobs):
             job.cancel()

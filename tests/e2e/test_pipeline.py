@@ -225,3 +225,27 @@ async def test_node_failing_a_relay_falls_back_to_another_node(
     assert sorted(owner.tasks[uuid].images) == sorted(images)
     for name, data in images.items():
         assert node_image(owner, uuid, name) == data
+
+
+async def test_commit_while_relays_still_run_sends_nothing_twice(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
+) -> None:
+    """The node stalls: the client is answered before the node, commits at once, and the
+    relays end only afterwards. Every image must reach the node exactly once."""
+    sim = await simnode_factory(test_seconds=0.2)
+    cluster = await cluster_factory([sim])
+    images = {name: os.urandom(3000) for name in ("a.jpg", "b.jpg", "c.jpg")}
+    async with aiohttp.ClientSession() as s:
+        uuid = await init_task(s, cluster.url)
+        assert await upload(s, cluster.url, uuid, {"a.jpg": images["a.jpg"]}) == {"success": True}
+        sim.config.hang = True
+        for name in ("b.jpg", "c.jpg"):
+            assert await upload(s, cluster.url, uuid, {name: images[name]}) == {"success": True}
+        r = await s.post(f"{cluster.url}/task/new/commit/{uuid}")
+        assert await r.json() == {"uuid": uuid}
+        sim.config.hang = False
+        await eventually(lambda: ready(sim, uuid), message="initialised on the node")
+    assert sorted(sim.tasks[uuid].images) == sorted(images)
+    assert sim.upload_requests == 3
+    for name, data in images.items():
+        assert node_image(sim, uuid, name) == data
