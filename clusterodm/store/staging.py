@@ -234,8 +234,11 @@ class _PartWriter:
 
     def write(self, chunks: list[bytes]) -> None:
         if self.handle is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.handle = self.part.open("xb")
+            try:
+                self.handle = self.part.open("xb")
+            except FileNotFoundError:  # the folder is made at init; not after a sweep
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self.handle = self.part.open("xb")
         self.handle.writelines(chunks)
 
     def finish(self, chunks: list[bytes], name: str) -> str:

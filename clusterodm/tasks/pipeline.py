@@ -79,9 +79,9 @@ class Pipeline:
     detached: int = 0  # relays still sending after their client was answered
     joined: bool = False  # opened by another instance: no slot counted here
     closed: bool = False  # dropped: what its relays still do is not recorded
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one record write at a time
     version: int = 0  # changes of ``sent`` asked to be recorded ...
     written: int = 0  # ... and how many of them the store holds
+    writer: asyncio.Future[None] | None = None  # writes the record while it lags behind
 
 
 @dataclass(frozen=True)
@@ -287,6 +287,7 @@ class UploadPipelines:
             await self._merge_record(pipe)  # under the record lock already
         else:
             await self._remember(pipe)
+            await self._flush(pipe)  # commit reads the node from it
         log.debug("task %s: forwarding images to %s while they arrive", uuid, node.key)
         return pipe
 
@@ -382,26 +383,37 @@ class UploadPipelines:
 
     async def _remember(self, pipe: Pipeline) -> None:
         """Persist which node holds which of the images, so that after a crash the task is
-        completed there without sending them again. Returns once the state as of the call is
-        in the store.
+        completed there without sending them again.
 
-        Writes coalesce: callers queue on the pipeline's lock, and the first one through writes
-        the newest state for all of them. An image missing from the record after a crash is
-        only sent again (same name, same bytes).
+        One instance: the write happens in the background and coalesces (a writer goes round
+        until the record holds the newest state), so no upload waits for the store; ``finish``
+        and ``close`` wait for it. An image missing from the record after a crash is sent to
+        the node again, which keeps it twice, so a task resumed after a crash prefers another
+        node (``Dispatcher``). Shared store: written at once under the record lock, since other
+        instances act on it.
         """
         if self.shared:
             async with self._record_lock(pipe.uuid):
                 await self._merge_record(pipe)
             return
         pipe.version += 1
-        wanted = pipe.version
-        async with pipe.lock:
-            if pipe.written >= wanted:
-                return
-            version = pipe.version
-            record = {"node": pipe.node.key, "sent": sorted(pipe.sent)}
-            await self.store.set_meta(PIPELINE_META + pipe.uuid, json.dumps(record))
-            pipe.written = version
+        if pipe.writer is None or pipe.writer.done():
+            pipe.writer = asyncio.ensure_future(self._write_record(pipe))
+
+    async def _write_record(self, pipe: Pipeline) -> None:
+        try:
+            while pipe.written < pipe.version:
+                version = pipe.version
+                record = {"node": pipe.node.key, "sent": sorted(pipe.sent)}
+                await self.store.set_meta(PIPELINE_META + pipe.uuid, json.dumps(record))
+                pipe.written = version
+        except StoreError as e:
+            log.warning("task %s: pipeline record not written: %s", pipe.uuid, e.message)
+
+    async def _flush(self, pipe: Pipeline) -> None:
+        """Until the record holds every image recorded so far."""
+        if pipe.writer is not None:
+            await asyncio.shield(pipe.writer)
 
     async def _merge_record(self, pipe: Pipeline) -> None:
         """Shared store, record lock held: add this instance's images to the record, mark it
@@ -446,6 +458,7 @@ class UploadPipelines:
             ok = True
             return pipe.node
         finally:
+            await self._flush(pipe)  # complete before the task moves on (and deletes it)
             # on success the caller drops it once the task is counted on the node
             if not ok and not pipe.joined:
                 self.registry.drop_transient(pipe.node.key)
@@ -462,6 +475,7 @@ class UploadPipelines:
             job.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(*list(pipe.jobs), return_exceptions=True)
+        await self._flush(pipe)  # no write may land after the caller deletes the record
         if not pipe.joined:
             self.registry.drop_transient(pipe.node.key)
         return pipe.node
