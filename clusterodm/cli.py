@@ -46,6 +46,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "failover-grace": ("failover.grace_s", float),
     "failover-retries": ("failover.max_moves", int),
     "keep-images-gb": ("dispatch.keep_images_bytes", lambda gb: int(float(gb) * 1024**3)),
+    "no-early-forwarding": ("dispatch.early_forwarding", "negated"),
 }
 
 
@@ -115,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GB",
         help="disk kept for images of running tasks, for failover; 0 = off (default 20)",
     )
+    a(
+        "--no-early-forwarding",
+        action="store_true",
+        default=S,
+        help="stage a task's images and send them to a node after commit, as the original "
+        "does (default: relay each upload to a free node while it arrives)",
+    )
     a("--version", action="version", version=f"ClusterODM {__version__}")
     return p
 
@@ -123,10 +131,9 @@ def _convert(key: str, value: Any) -> Any:
     name, conv = _KEYS[key]
     if value is None:
         return name, None
-    if conv is bool:
-        if isinstance(value, str):
-            return name, value.lower() in ("1", "true", "yes", "on")
-        return name, bool(value)
+    if conv is bool or conv == "negated":
+        on = value.lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
+        return name, on if conv is bool else not on
     try:
         return name, conv(value)
     except (TypeError, ValueError) as e:

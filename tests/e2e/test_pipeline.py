@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 from aiohttp import FormData
 
+from clusterodm.config import DispatchSettings
 from clusterodm.simnode import SimNode
 from tests.conftest import ClusterFactory, SimnodeFactory
 from tests.helpers import eventually
@@ -247,5 +248,26 @@ async def test_commit_while_relays_still_run_sends_nothing_twice(
         await eventually(lambda: ready(sim, uuid), message="initialised on the node")
     assert sorted(sim.tasks[uuid].images) == sorted(images)
     assert sim.upload_requests == 3
+    for name, data in images.items():
+        assert node_image(sim, uuid, name) == data
+
+
+async def test_without_early_forwarding_images_wait_for_commit(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
+) -> None:
+    """``--no-early-forwarding``: the original's way, staged first, sent after commit."""
+    sim = await simnode_factory(test_seconds=0.2)
+    cluster = await cluster_factory(
+        [sim], dispatch=DispatchSettings(backoff_base_s=0.05, early_forwarding=False)
+    )
+    images = {"a.jpg": os.urandom(2000), "b.jpg": os.urandom(2000)}
+    async with aiohttp.ClientSession() as s:
+        uuid = await init_task(s, cluster.url)
+        for name, data in images.items():
+            assert await upload(s, cluster.url, uuid, {name: data}) == {"success": True}
+        assert sim.upload_requests == 0, "nothing reaches the node before commit"
+        r = await s.post(f"{cluster.url}/task/new/commit/{uuid}")
+        assert await r.json() == {"uuid": uuid}
+        await eventually(lambda: ready(sim, uuid), message="initialised on the node")
     for name, data in images.items():
         assert node_image(sim, uuid, name) == data

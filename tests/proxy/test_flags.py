@@ -150,5 +150,7 @@ def test_queue_and_failover_flags() -> None:
     assert s.max_queue == 7
     assert (s.failover.grace_s, s.failover.max_moves) == (30.0, 1)
     assert s.dispatch.keep_images_bytes == 512 * 1024**2
+    assert s.dispatch.early_forwarding is True
+    assert parse_settings(["--no-early-forwarding"]).dispatch.early_forwarding is False
     with pytest.raises(ConfigError, match="max-queue"):
         parse_settings(["--max-queue", "-1"])
