@@ -154,14 +154,24 @@ class Cluster:
                 await closer()
         for runner in reversed(self.runners):
             await runner.cleanup()
-        for task in self.loops:
-            task.cancel()
-        await asyncio.gather(*self.loops, return_exceptions=True)
+        await cancel_all(self.loops)
         await self.deps.dispatcher.close()
         with contextlib.suppress(Exception):
             await self.deps.routes.flush()
         await self.deps.client.close()
         await self.store.close()
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]], again_s: float = 1.0) -> None:
+    """Cancel ``tasks`` and wait for them to end. A cancel can be lost inside a library (on
+    Python 3.11 a cancel that meets an expiring ``asyncio.timeout``, as in a Redis read, comes
+    out as a timeout): a task still running after ``again_s`` is cancelled again."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again_s)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext:
@@ -326,6 +336,7 @@ async def start_cluster(settings: Settings) -> Cluster:
     watch(cluster)
     try:
         if scaleout is not None:
+            await scaleout.recover()  # the store's marker as this instance starts
             await scaleout.hold_lease()
             cluster.closers.append(scaleout.close)
             cluster.background(scaleout.run_lease(), "leader lease")
@@ -371,6 +382,14 @@ def share(cluster: Cluster) -> ScaleOut:
     )
     d.registry.announce = d.routes.announce = d.actions.announce = scaleout.announce
     d.dispatcher.claims = scaleout.claims
+    # one queue, one count of slots and of users' tasks for the whole cluster
+    d.dispatcher.shared = store
+    d.dispatcher.place_hold_s = cluster.settings.scale_out.claim_ttl_s
+    scaleout.on_busy = d.health.wake
+    d.intake.flood = FloodMonitor(cluster.settings.flood_limit, time.time, store)
+    if d.intake.concurrency is not None:
+        d.intake.concurrency.shared_lock = scaleout.owner_lock
+        d.intake.concurrency.before_count = scaleout.reread_tasks
     d.health.leads = scaleout.leads
     if cluster.failover is not None:
         cluster.failover.leads = scaleout.leads

@@ -152,6 +152,17 @@ class TaskStage(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Waiting:
+    """A task waiting at the proxy for a slot (``tasks/queue.py`` orders them)."""
+
+    uuid: str
+    owner: str
+    images: int
+    seq: int  # arrival order in the queue
+    tag: float = 0.0  # fair-queuing tag (see ``tasks/queue.py``)
+
+
+@dataclass(frozen=True, slots=True)
 class TaskEntry:
     """A task-table entry: a task the proxy answers for itself (not, or no longer, on a node)."""
 

@@ -3,6 +3,11 @@
 Rules as the original: +1 per init, -1 per commit (never below 0); every 15 minutes each count
 is forgiven down to ``floor(count * 0.66)``; a token whose count exceeds the limit is flooding.
 The clock is injected, so the decay is computed from elapsed time instead of a timer.
+
+With a shared store (several instances) the counts are the store's (``counter``, a
+``DecayingCounter``: the Store), so a token is counted across the whole cluster: the same rule,
+applied in one atomic step where all instances count (rounds from the counter set's first use,
+on the wall clock, which the instances share).
 """
 
 from __future__ import annotations
@@ -10,10 +15,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 FORGIVE_EVERY_S = 15 * 60
 FORGIVE_FACTOR = 0.66
 DEFAULT_KEY = "default"  # the original counts requests without a token together
+COUNTER = "flood"
+
+
+class DecayingCounter(Protocol):
+    """Where the counts live when several instances share them (``Store.count``)."""
+
+    async def count(
+        self, name: str, key: str, delta: int, now_ms: int, every_ms: int, factor: float
+    ) -> int: ...
 
 
 def flood_message() -> str:
@@ -25,11 +40,18 @@ def flood_message() -> str:
 
 
 class FloodMonitor:
-    def __init__(self, limit: int | None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limit: int | None,
+        clock: Callable[[], float] = time.monotonic,
+        counter: DecayingCounter | None = None,
+    ) -> None:
         self.limit = limit
         self._clock = clock
         self._counts: dict[str, int] = {}
         self._epoch = clock()
+        #: set with a shared store (then ``clock`` must be the wall clock, shared by instances)
+        self.counter = counter
 
     @property
     def enabled(self) -> bool:
@@ -72,3 +94,29 @@ class FloodMonitor:
     def count(self, token: str) -> int:
         self._decay()
         return self._counts.get(token or DEFAULT_KEY, 0)
+
+    # --- the form the intake uses: local counts, or the cluster's with a shared store --------
+    async def check_init(self, token: str) -> bool:
+        """``record_init``, counted where ``counter`` says."""
+        if self.counter is None or not self.enabled:
+            return self.record_init(token)
+        assert self.limit is not None
+        return await self._count(token, 1) > self.limit
+
+    async def note_commit(self, token: str) -> None:
+        """``record_commit``, counted where ``counter`` says."""
+        if self.counter is None or not self.enabled:
+            self.record_commit(token)
+        else:
+            await self._count(token, -1)
+
+    async def shared_count(self, token: str) -> int:
+        return await self._count(token, 0) if self.counter is not None else self.count(token)
+
+    async def _count(self, token: str, delta: int) -> int:
+        assert self.counter is not None
+        now_ms = int(self._clock() * 1000)
+        every_ms = FORGIVE_EVERY_S * 1000
+        return await self.counter.count(
+            COUNTER, token or DEFAULT_KEY, delta, now_ms, every_ms, FORGIVE_FACTOR
+        )

@@ -8,6 +8,8 @@ the node offline at once instead of two minutes later.
 With a shared store (several instances) the list is re-read from the store (``reload``) on an
 interval and whenever another instance announces a change (``nodes``); one instance, the
 leader, refreshes ``/info`` and the others read its results with their ``last_refreshed_ms``.
+Slots taken by every instance's dispatches are places in the store (``Store.reserve``); their
+counts per node, read on an interval, count against the free slots here like transients.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class NodeRegistry:
         self._nodes: list[Node] = []
         self._failed: set[str] = set()
         self._transients: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}  # shared store: slots every instance has taken
         self._last_chosen: dict[str, int] = {}
         self._turn = 0
         self.listeners: list[Callable[[], Any]] = []
@@ -54,10 +57,12 @@ class NodeRegistry:
     async def load(self) -> None:
         self._nodes = await self._store.list_nodes()
 
-    async def reload(self) -> None:
-        """Take the store's list (shared store). A node this instance saw fail counts as
-        offline until a newer refresh than the one it failed after is stored."""
-        fresh = await self._store.list_nodes()
+    async def reload(self, fresh: list[Node] | None = None) -> None:
+        """Take the store's list (shared store), or ``fresh``, a list just read from it. A node
+        this instance saw fail counts as offline until a newer refresh than the one it failed
+        after is stored."""
+        if fresh is None:
+            fresh = await self._store.list_nodes()
         before = {n.key: n for n in self._nodes}
         for node in fresh:
             old = before.get(node.key)
@@ -98,7 +103,21 @@ class NodeRegistry:
         return self._now_ms() - node.last_refreshed_ms < self._window_ms
 
     def transients(self, key: str) -> int:
-        return self._transients.get(key, 0)
+        """Tasks being forwarded to ``key``: by this instance, or (shared store) by any, as
+        last counted; this instance's own are among those, hence the larger of the two."""
+        return max(self._transients.get(key, 0), self._reserved.get(key, 0))
+
+    def set_reserved(self, counts: dict[str, int]) -> None:
+        """The slots taken on each node by every instance (shared store), as just counted."""
+        before, self._reserved = self._reserved, dict(counts)
+        if any(self._reserved.get(k, 0) < n for k, n in before.items()):
+            self._notify()  # places were given back: waiting tasks may go
+
+    def note_full(self, key: str) -> None:
+        """Another instance took the node's last slot: count it full until the next count."""
+        node = self.get(key)
+        if node is not None and node.info is not None:
+            self._reserved[key] = node.info.max_parallel_tasks
 
     def slots(self, node: Node) -> int:
         return available_slots(node, self.transients(node.key))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import Protocol
 
-from clusterodm.model import Node, Route, StagedUpload, TaskEntry
+from clusterodm.model import Node, Route, StagedUpload, TaskEntry, TaskStage, Waiting
 
 
 class Store(Protocol):
@@ -52,6 +52,11 @@ class Store(Protocol):
 
     async def put_task(self, task: TaskEntry) -> None: ...
 
+    async def put_task_if(self, task: TaskEntry, stages: tuple[TaskStage, ...]) -> bool:
+        """Write ``task`` only if the stored entry exists and its stage is one of ``stages``
+        (compare-and-set: a cancel written meanwhile, by this or another instance, is kept).
+        Answers whether it was written."""
+
     async def delete_task(self, uuid: str) -> None: ...
 
     async def list_tasks(self) -> list[TaskEntry]:
@@ -72,6 +77,45 @@ class Store(Protocol):
     async def set_meta(self, key: str, value: str) -> None: ...
 
     async def delete_meta(self, key: str) -> None: ...
+
+    async def list_meta(self, prefix: str = "") -> dict[str, str]:
+        """Every meta entry whose key starts with ``prefix``."""
+
+    # --- counting that all instances sharing the store agree on ------------------------------
+    # With one process (SQLite) these are kept in the process's memory: nothing else counts.
+
+    async def reserve(self, pool: str, holder: str, capacity: int, hold_ms: int) -> bool:
+        """Take one place in ``pool`` for ``holder`` if fewer than ``capacity`` live places are
+        taken (check and take in one atomic step); a holder that has one already keeps it and
+        its expiry moves to ``hold_ms`` from now. A place lapses ``hold_ms`` after it was last
+        taken, so a dead instance's places free themselves."""
+
+    async def unreserve(self, pool: str, holder: str, linger_ms: int = 0) -> None:
+        """Give a place back: at once, or after ``linger_ms`` (still counted until then)."""
+
+    async def reserved(self) -> dict[str, int]:
+        """Live places per pool."""
+
+    async def count(
+        self, name: str, key: str, delta: int, now_ms: int, every_ms: int, factor: float
+    ) -> int:
+        """Add ``delta`` to the decaying counter ``key`` of ``name`` (never below 0) and answer
+        its value. Every ``every_ms`` since the counter set's first use, each count is
+        forgiven down to ``floor(count * factor)``; ``delta`` 0 only reads."""
+
+    async def queue_join(self, uuid: str, owner: str, images: int) -> Waiting:
+        """Put ``uuid`` in the fair queue (the rule of ``tasks/queue.py``), or answer its entry
+        if it waits already (it keeps its place)."""
+
+    async def queue_leave(self, uuid: str, served: bool) -> None:
+        """Take ``uuid`` out of the queue; ``served`` moves the queue's virtual clock."""
+
+    async def queue_list(self) -> list[Waiting]:
+        """Every waiting task, in no particular order."""
+
+    async def marker(self) -> str:
+        """The store's identity stamp, created when missing. It changes only when the store
+        lost its state (a Redis that restarted empty): the cue to write back what is known."""
 
 
 class Coordination(Protocol):

@@ -20,6 +20,13 @@ two clusters can share one Redis)::
     tasks, tasks:order, tasks:seq        the task table, like routes
     uploads, uploads:order, uploads:seq  staged uploads, likewise
     claim:<name>              string  holder's instance id, with an expiry (Coordination)
+    places:<pool>             hash    holder -> expiry (ms, Redis clock): reservations
+    places                    set     pools that may hold places (``reserved`` needs no scan)
+    counters:<name>           hash    key -> "count:round" (decaying counters, e.g. flood)
+    counters:<name>:epoch     string  ms of the counter set's first use (rounds count from it)
+    queue                     hash    uuid -> {"owner", "images", "seq", "tag"} (fair queue)
+    queue:last, queue:virtual, queue:seq  each owner's last tag, the virtual clock, arrivals
+    marker                    string  identity stamp; missing after Redis lost its data
     events                    channel pub/sub notices between instances (Coordination)
 
 Atomicity: an upsert must read before it writes (keep the position, move the uuid between
@@ -43,13 +50,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from clusterodm.errors import StoreError
-from clusterodm.model import Node, Route, StagedUpload, TaskEntry
+from clusterodm.model import Node, Route, StagedUpload, TaskEntry, TaskStage, Waiting
 from clusterodm.store import codec
 
 if TYPE_CHECKING:
@@ -243,7 +251,167 @@ end
 return 0
 """
 
+# Redis's own clock in ms, so instances whose clocks differ agree on every expiry.
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS[1] places:<pool>, KEYS[2] places (index); ARGV[1] pool, ARGV[2] holder, ARGV[3] capacity,
+# ARGV[4] hold ms. Lapsed places are dropped, then the count is checked and the place taken.
+_RESERVE = (
+    _NOW_MS
+    + """
+local all = redis.call('HGETALL', KEYS[1])
+local live, mine = 0, false
+for i = 1, #all, 2 do
+    if tonumber(all[i + 1]) <= now then
+        redis.call('HDEL', KEYS[1], all[i])
+    else
+        live = live + 1
+        if all[i] == ARGV[2] then mine = true end
+    end
+end
+if not mine and live >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], string.format('%d', now + tonumber(ARGV[4])))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+)
+
+# KEYS[1] places:<pool>; ARGV[1] holder, ARGV[2] linger ms (0: give back at once)
+_UNRESERVE = (
+    _NOW_MS
+    + """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+if tonumber(ARGV[2]) > 0 then
+    redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now + tonumber(ARGV[2])))
+else
+    redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 1
+"""
+)
+
+# KEYS[1] places (index); ARGV[1] places: key prefix. Answers pool, count, pool, count, ...
+_RESERVED = (
+    _NOW_MS
+    + """
+local out = {}
+for _, pool in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    local key = ARGV[1] .. pool
+    local all = redis.call('HGETALL', key)
+    local live = 0
+    for i = 1, #all, 2 do
+        if tonumber(all[i + 1]) <= now then
+            redis.call('HDEL', key, all[i])
+        else
+            live = live + 1
+        end
+    end
+    if live == 0 then
+        redis.call('SREM', KEYS[1], pool)
+    else
+        out[#out + 1] = pool
+        out[#out + 1] = live
+    end
+end
+return out
+"""
+)
+
+# KEYS[1] counters:<name>, KEYS[2] counters:<name>:epoch; ARGV[1] key, ARGV[2] delta,
+# ARGV[3] now ms, ARGV[4] every ms, ARGV[5] factor. The rule of ``LocalCounting.count``.
+_COUNT = """
+local now, every = tonumber(ARGV[3]), tonumber(ARGV[4])
+local epoch = tonumber(redis.call('GET', KEYS[2]) or '')
+if not epoch then
+    epoch = now
+    redis.call('SET', KEYS[2], ARGV[3])
+end
+local current = math.max(0, math.floor((now - epoch) / every))
+local value, seen = 0, current
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if raw then
+    local sep = string.find(raw, ':', 1, true)
+    value, seen = tonumber(string.sub(raw, 1, sep - 1)), tonumber(string.sub(raw, sep + 1))
+end
+for _ = 1, math.min(current - seen, 64) do
+    value = math.floor(value * tonumber(ARGV[5]))
+    if value <= 0 then break end
+end
+value = math.max(value + tonumber(ARGV[2]), 0)
+if value > 0 then
+    redis.call('HSET', KEYS[1], ARGV[1], string.format('%d:%d', value, current))
+else
+    redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return value
+"""
+
+# KEYS[1] queue, KEYS[2] queue:last, KEYS[3] queue:virtual, KEYS[4] queue:seq;
+# ARGV[1] uuid, ARGV[2] owner, ARGV[3] images. Start-time fair tags, as tasks/queue.py.
+_QUEUE_JOIN = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then return old end
+local virtual = tonumber(redis.call('GET', KEYS[3]) or '0')
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+local tag = math.max(virtual, last) + 1
+redis.call('HSET', KEYS[2], ARGV[2], string.format('%d', tag))
+local seq = redis.call('INCR', KEYS[4])
+local record = cjson.encode({owner = ARGV[2], images = tonumber(ARGV[3]), seq = seq, tag = tag})
+redis.call('HSET', KEYS[1], ARGV[1], record)
+return record
+"""
+
+# KEYS as _QUEUE_JOIN; ARGV[1] uuid, ARGV[2] '1' when served (moves the virtual clock)
+_QUEUE_LEAVE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if ARGV[2] == '1' then
+    local tag = cjson.decode(old)['tag']
+    local virtual = tonumber(redis.call('GET', KEYS[3]) or '0')
+    if tag > virtual then redis.call('SET', KEYS[3], string.format('%d', tag)) end
+end
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+# KEYS[1] tasks; ARGV[1] uuid, ARGV[2] record, ARGV[3] JSON list of stages the stored entry
+# must be in. The entry exists, so its place in tasks:order is kept.
+_PUT_TASK_IF = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+local stage = cjson.decode(old)['stage']
+for _, allowed in ipairs(cjson.decode(ARGV[3])) do
+    if allowed == stage then
+        redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+        return 1
+    end
+end
+return 0
+"""
+
+# KEYS[1] marker, KEYS[2] schema; ARGV[1] a new marker, ARGV[2] schema version. A missing
+# marker means Redis lost its data: a new one is set, and the schema stamp again.
+_MARKER = """
+local marker = redis.call('GET', KEYS[1])
+if marker then return marker end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'NX')
+return ARGV[1]
+"""
+
 _SCRIPTS = {
+    "reserve": _RESERVE,
+    "unreserve": _UNRESERVE,
+    "reserved": _RESERVED,
+    "count": _COUNT,
+    "queue_join": _QUEUE_JOIN,
+    "queue_leave": _QUEUE_LEAVE,
+    "put_task_if": _PUT_TASK_IF,
+    "marker": _MARKER,
     "claim": _CLAIM,
     "release": _RELEASE,
     "put_ordered": _PUT_ORDERED,
@@ -278,7 +446,12 @@ class Keys:
         names += ["routes:order", "routes:seq"]
         for part in ("tasks", "uploads"):
             names += [part, f"{part}:order", f"{part}:seq"]
+        names += ["places", "queue", "queue:last", "queue:virtual", "queue:seq"]
         return [self.key(n) for n in names]
+
+    def dynamic_prefixes(self) -> list[str]:
+        """Prefixes of keys named after their content (found by a scan when clearing)."""
+        return [self.by_node_prefix, self.prefix + "places:", self.prefix + "counters:"]
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -310,6 +483,12 @@ def _route_record(route: Route) -> str:
 
 def _route_from(record: dict[str, Any], accessed: Any) -> Route:
     return Route(record["uuid"], record["node_key"], record["owner"], int(accessed or 0))
+
+
+def _waiting_from(uuid: str, record: dict[str, Any]) -> Waiting:
+    return Waiting(
+        uuid, str(record["owner"]), int(record["images"]), int(record["seq"]), float(record["tag"])
+    )
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -509,6 +688,17 @@ class RedisStore:
     async def put_task(self, task: TaskEntry) -> None:
         await self._put_ordered("tasks", task.uuid, lambda: codec.task_record(task))
 
+    async def put_task_if(self, task: TaskEntry, stages: tuple[TaskStage, ...]) -> bool:
+        keys = [self.keys.key("tasks")]
+
+        async def write(r: Redis) -> bool:
+            record = codec.dump_json(codec.task_record(task))
+            allowed = codec.dump_json([s.value for s in stages])
+            script = self._scripts["put_task_if"]
+            return bool(await script(keys=keys, args=[task.uuid, record, allowed]))
+
+        return await self._call(write)
+
     async def delete_task(self, uuid: str) -> None:
         await self._delete_ordered("tasks", uuid)
 
@@ -543,14 +733,68 @@ class RedisStore:
     async def delete_meta(self, key: str) -> None:
         await self._call(lambda r: r.hdel(self.keys.key("meta"), key))
 
-    async def list_meta(self) -> dict[str, str]:
-        """Every meta entry (migration and diagnostics; not part of the Store protocol)."""
-
+    async def list_meta(self, prefix: str = "") -> dict[str, str]:
         async def read(r: Redis) -> dict[str, str]:
             meta = await r.hgetall(self.keys.key("meta"))
-            return {str(_text(k)): str(_text(v)) for k, v in meta.items()}
+            pairs = ((str(_text(k)), str(_text(v))) for k, v in meta.items())
+            return {k: v for k, v in pairs if k.startswith(prefix)}
 
         return await self._call(read)
+
+    # --- counting shared by every instance ---
+
+    async def reserve(self, pool: str, holder: str, capacity: int, hold_ms: int) -> bool:
+        keys = [self.keys.key("places:" + pool), self.keys.key("places")]
+        args = [pool, holder, str(int(capacity)), str(int(hold_ms))]
+        return bool(await self._call(lambda r: self._scripts["reserve"](keys=keys, args=args)))
+
+    async def unreserve(self, pool: str, holder: str, linger_ms: int = 0) -> None:
+        keys, args = [self.keys.key("places:" + pool)], [holder, str(int(linger_ms))]
+        await self._call(lambda r: self._scripts["unreserve"](keys=keys, args=args))
+
+    async def reserved(self) -> dict[str, int]:
+        keys, args = [self.keys.key("places")], [self.keys.key("places:")]
+
+        async def read(r: Redis) -> dict[str, int]:
+            flat = await self._scripts["reserved"](keys=keys, args=args)
+            return {str(_text(p)): int(n) for p, n in zip(flat[::2], flat[1::2], strict=True)}
+
+        return await self._call(read)
+
+    async def count(
+        self, name: str, key: str, delta: int, now_ms: int, every_ms: int, factor: float
+    ) -> int:
+        keys = [self.keys.key("counters:" + name), self.keys.key(f"counters:{name}:epoch")]
+        args = [key, str(int(delta)), str(int(now_ms)), str(int(every_ms)), repr(float(factor))]
+        return int(await self._call(lambda r: self._scripts["count"](keys=keys, args=args)))
+
+    def _queue_keys(self) -> list[str]:
+        return [self.keys.key(n) for n in ("queue", "queue:last", "queue:virtual", "queue:seq")]
+
+    async def queue_join(self, uuid: str, owner: str, images: int) -> Waiting:
+        keys, args = self._queue_keys(), [uuid, owner, str(int(images))]
+
+        async def write(r: Redis) -> Waiting:
+            record = await self._scripts["queue_join"](keys=keys, args=args)
+            return _waiting_from(uuid, json.loads(record))
+
+        return await self._call(write)
+
+    async def queue_leave(self, uuid: str, served: bool) -> None:
+        keys, args = self._queue_keys(), [uuid, "1" if served else "0"]
+        await self._call(lambda r: self._scripts["queue_leave"](keys=keys, args=args))
+
+    async def queue_list(self) -> list[Waiting]:
+        async def read(r: Redis) -> list[Waiting]:
+            entries = await r.hgetall(self.keys.key("queue"))
+            return [_waiting_from(str(_text(u)), json.loads(v)) for u, v in entries.items()]
+
+        return await self._call(read)
+
+    async def marker(self) -> str:
+        keys = [self.keys.key("marker"), self.keys.key("schema")]
+        args = [secrets.token_hex(8), str(SCHEMA_VERSION)]
+        return str(await self._call(lambda r: self._scripts["marker"](keys=keys, args=args)))
 
     # --- coordination between instances ---
 
@@ -614,9 +858,10 @@ class RedisStore:
         """Delete every key of this prefix's state (the schema stamp stays)."""
 
         async def wipe(r: Redis) -> None:
-            pattern = _glob_escape(self.keys.by_node_prefix) + "*"
             doomed = self.keys.data_keys()
-            doomed += [key async for key in r.scan_iter(match=pattern, count=1000)]
+            for prefix in self.keys.dynamic_prefixes():
+                pattern = _glob_escape(prefix) + "*"
+                doomed += [key async for key in r.scan_iter(match=pattern, count=1000)]
             async with r.pipeline(transaction=True) as pipe:
                 for chunk in _chunks(doomed, 1000):
                     pipe.delete(*chunk)

@@ -37,6 +37,7 @@ from clusterodm.errors import StoreError
 from clusterodm.model import Node, Route, StagedUpload, TaskEntry, TaskStage, TaskStatus
 from clusterodm.store.codec import dump_json as _dump
 from clusterodm.store.codec import info_from_text as _info_from_json
+from clusterodm.store.local import LocalCounting
 
 log = logging.getLogger(__name__)
 
@@ -345,10 +346,15 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-class SqliteStore:
-    """Store backed by one SQLite file; see the module docstring for durability and threading."""
+class SqliteStore(LocalCounting):
+    """Store backed by one SQLite file; see the module docstring for durability and threading.
+
+    One process owns the file, so reservations, counters, the queue and the marker are kept in
+    its memory (``LocalCounting``).
+    """
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
@@ -458,6 +464,21 @@ class SqliteStore:
     async def put_task(self, task: TaskEntry) -> None:
         await self._write(lambda c: c.execute(_PUT_TASK, _task_row(task)))
 
+    async def put_task_if(self, task: TaskEntry, stages: tuple[TaskStage, ...]) -> bool:
+        row = _task_row(task)
+        allowed = {s.value for s in stages}
+        written = False
+
+        def work(c: sqlite3.Connection) -> None:
+            nonlocal written
+            found = c.execute("SELECT stage FROM tasks WHERE uuid = ?", (task.uuid,)).fetchone()
+            if found is not None and found[0] in allowed:
+                c.execute(_PUT_TASK, row)
+                written = True
+
+        await self._write(work)
+        return written
+
     async def delete_task(self, uuid: str) -> None:
         await self._write(lambda c: c.execute("DELETE FROM tasks WHERE uuid = ?", (uuid,)))
 
@@ -498,6 +519,13 @@ class SqliteStore:
 
     async def delete_meta(self, key: str) -> None:
         await self._write(lambda c: c.execute("DELETE FROM meta WHERE key = ?", (key,)))
+
+    async def list_meta(self, prefix: str = "") -> dict[str, str]:
+        def query(c: sqlite3.Connection) -> dict[str, str]:
+            rows = c.execute("SELECT key, value FROM meta ORDER BY key")
+            return {str(k): str(v) for k, v in rows if str(k).startswith(prefix)}
+
+        return await self._read(query)
 
     # --- plumbing ---
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from clusterodm.errors import ClusterError, LimitExceeded
@@ -81,7 +82,9 @@ class ConcurrencyGate:
     """Refuses a new task when its owner is at the limit.
 
     One lock per owner around check-and-record, so two commits arriving together cannot both
-    see room for one more task.
+    see room for one more task. With a shared store the lock is the cluster's (``shared_lock``,
+    a claim in the store) and the task table is read afresh under it (``before_count``), so two
+    commits on two instances cannot both take the last place either.
     """
 
     def __init__(
@@ -96,11 +99,18 @@ class ConcurrencyGate:
         self._status_of = status_of
         self._timeout_s = timeout_s
         self._locks: dict[str, asyncio.Lock] = {}
+        #: set with a shared store (``tasks/scaleout.py``)
+        self.shared_lock: Callable[[str], AbstractAsyncContextManager[Any]] | None = None
+        self.before_count: Callable[[], Awaitable[None]] | None = None
 
-    def lock(self, owner: str) -> asyncio.Lock:
+    def lock(self, owner: str) -> AbstractAsyncContextManager[Any]:
+        if self.shared_lock is not None:
+            return self.shared_lock(owner)
         return self._locks.setdefault(owner, asyncio.Lock())
 
     async def active(self, owner: str) -> int:
+        if self.before_count is not None:
+            await self.before_count()
         return await count_active(
             owner, self._tasks(), self._routes(), self._status_of, self._timeout_s
         )

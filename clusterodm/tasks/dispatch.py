@@ -10,7 +10,13 @@ Jobs are owned here: a client leaving never cancels one; ``close`` cancels and a
 
 With a shared store (several instances) a job first takes the task's claim (``DispatchClaims``):
 the instance holding it is the only one forwarding the task, and renews it while the job runs;
-a job that cannot take it ends at once (another instance is on it).
+a job that cannot take it ends at once (another instance is on it). The queue is then the
+store's, one fair order for the cluster: every waiting job reads it, works out which waiting
+tasks the free slots go to (the same rule as ``wake``), and when its own task is one of them
+takes the slot as a place in the store (``Store.reserve``: checked and taken in one step, so two
+instances never take a node's last slot) and leaves the queue. Users' concurrency limits are
+places too. Writes to the task table are compare-and-set on the stage (``update_if``): a cancel
+written by any instance while a step runs is never overwritten; the job stops instead.
 
 Original: a task that finds no free slot is pushed onto a full node anyway, or fails; here it
 waits at the proxy, survives restarts, and is sent as soon as a slot frees up.
@@ -19,6 +25,8 @@ waits at the proxy, survives restarts, and is sent as soon as a slot frees up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -40,13 +48,14 @@ from clusterodm.errors import (
     StoreError,
 )
 from clusterodm.metrics import Metrics
-from clusterodm.model import Node, TaskEntry, TaskStage, TaskStatus
+from clusterodm.model import Node, TaskEntry, TaskStage, TaskStatus, Waiting
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
+from clusterodm.nodes.selection import NodeState, best_node
 from clusterodm.store.base import Store
 from clusterodm.store.staging import Staging
 from clusterodm.tasks.pipeline import PIPELINE_META, UploadPipelines
-from clusterodm.tasks.queue import FairTags, Waiting, fair_order, position
+from clusterodm.tasks.queue import FairTags, fair_order, position
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
 
@@ -54,6 +63,52 @@ log = logging.getLogger(__name__)
 
 PENDING = (TaskStage.COMMITTED, TaskStage.DISPATCHING, TaskStage.QUEUED)
 LAUNCHING = "Launching... please wait! This can take a few minutes."
+QUEUED_LINE = "Queued at the cluster"
+VIEW_MAX_AGE_S = 0.2  # waiting jobs of one instance share one read of the shared queue
+
+
+class Superseded(Exception):
+    """The task-table entry left the dispatch's stages meanwhile (cancelled or removed, maybe
+    on another instance): the dispatch stops and writes nothing more."""
+
+
+def node_pool(node_key: str) -> str:
+    return "node:" + node_key
+
+
+def user_pool(owner: str) -> str:
+    return "user:" + owner
+
+
+def plan_grants(
+    order: list[Waiting],
+    states: list[NodeState],
+    may_start: Callable[[str, int], bool],
+    mine: str,
+    exclude: set[str],
+) -> dict[str, Node | None]:
+    """Who the free slots go to, in queue order, as ``wake`` grants them: a waiting task whose
+    owner may start and for which a node has a free slot gets that node (None: no node fits
+    now). Pure; ``may_start(owner, granted)`` says whether an owner with ``granted`` tasks
+    granted in this round may start one more. Only ``mine`` avoids the nodes in ``exclude``."""
+    free = {s.node.key: s.available_slots for s in states}
+    granted: dict[str, int] = {}
+    plan: dict[str, Node | None] = {}
+    for w in order:
+        if not may_start(w.owner, granted.get(w.owner, 0)):
+            continue
+        now = [dataclasses.replace(s, available_slots=free[s.node.key]) for s in states]
+        node = None
+        if w.uuid == mine and exclude:
+            node = best_node(
+                [s for s in now if s.node.key not in exclude], w.images, require_slot=True
+            )
+        node = node or best_node(now, w.images, require_slot=True)
+        plan[w.uuid] = node
+        if node is not None:
+            free[node.key] -= 1
+            granted[w.owner] = granted.get(w.owner, 0) + 1
+    return plan
 
 
 def node_fields(fields: Mapping[str, Any], options: list[dict[str, Any]]) -> dict[str, str]:
@@ -87,6 +142,9 @@ class DispatchClaims(Protocol):
 
     async def hold(self, uuid: str, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` while renewing the claim; release it at the end."""
+
+    async def held(self, uuids: list[str]) -> list[bool]:
+        """Whether some instance holds each task's claim (its dispatch is alive)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +193,15 @@ class Dispatcher:
         self.pipelines: UploadPipelines | None = None
         self.store: Store | None = None  # for the records of early-forwarded uploads
         self.claims: DispatchClaims | None = None  # set with a shared store
+        #: set with a shared store: its queue, slot places and user places are the cluster's
+        self.shared: Store | None = None
+        self.place_hold_s = 10.0  # a place of a dead instance lapses after this (claim ttl)
+        self.cluster_queue_length = 0  # tasks waiting in the whole cluster, as last read
+        self._nudge = asyncio.Event()
+        self._view: tuple[float, list[Waiting], set[str]] | None = None
+        self._view_lock = asyncio.Lock()
+        self._user_places: dict[str, int] = {}
+        self._places: dict[str, tuple[list[str], asyncio.Task[None]]] = {}
 
     # --- jobs ----------------------------------------------------------------------------
     def submit(self, uuid: str) -> None:
@@ -183,13 +250,23 @@ class Dispatcher:
 
     async def close(self) -> None:
         jobs = list(self._jobs.values())
-        for job in jobs:
-            job.cancel()
+        pending = {j for j in jobs if not j.done()}
+        while pending:  # cancelled again if a library lost the cancel (see app.cancel_all)
+            for job in pending:
+                job.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         await asyncio.gather(*jobs, return_exceptions=True)
         self._jobs.clear()
+        renewers = [renewer for _, renewer in self._places.values()]
+        for renewer in renewers:
+            renewer.cancel()
+        await asyncio.gather(*renewers, return_exceptions=True)
+        self._places.clear()
 
     # --- the queue -----------------------------------------------------------------------
     def queue_length(self) -> int:
+        if self.shared is not None:
+            return max(len(self._waiting), self.cluster_queue_length)
         return len(self._waiting)
 
     def queue_order(self) -> list[Waiting]:
@@ -197,13 +274,14 @@ class Dispatcher:
 
     def check_room(self, limit: int | None) -> None:
         """Refuse a new task when the queue is at ``--max-queue``."""
-        if limit is not None and len(self._waiting) >= limit:
+        if limit is not None and self.queue_length() >= limit:
             raise LimitExceeded(
                 f"The cluster's queue is full ({limit} tasks waiting). Try again later."
             )
 
     def wake(self) -> None:
         """Something changed (a slot freed, a node came online): grant what can be granted."""
+        self._nudge.set()  # shared store: the waiting jobs look again
         for w in self.queue_order():
             _, fut = self._waiting[w.uuid]
             if fut.done() or not self.may_start(w.owner):
@@ -224,9 +302,20 @@ class Dispatcher:
     def running_for(self, owner: str) -> int:
         """The owner's tasks being forwarded or running on a node (as far as the proxy holds
         them: tasks whose images are kept, see ``--keep-images-gb``)."""
+        if self.shared is not None:
+            # tasks being forwarded hold a place in the store; landed ones are in the table
+            landed = sum(
+                1 for t in self.table.entries() if t.owner == owner and t.stage is TaskStage.LANDED
+            )
+            return landed + max(self._user_places.get(owner, 0), self._granted.get(owner, 0))
         busy = (TaskStage.DISPATCHING, TaskStage.LANDED)
         held = sum(1 for t in self.table.entries() if t.owner == owner and t.stage in busy)
         return held + self._granted.get(owner, 0)
+
+    def set_reserved(self, counts: dict[str, int]) -> None:
+        """Places held in the store by every instance, per pool, as just counted."""
+        prefix = user_pool("")
+        self._user_places = {p[len(prefix) :]: n for p, n in counts.items() if p.startswith(prefix)}
 
     def may_start(self, owner: str) -> bool:
         limit = self.concurrency_limits.get(owner)
@@ -239,6 +328,8 @@ class Dispatcher:
 
     async def _acquire(self, task: TaskEntry, exclude: set[str]) -> Grant:
         """A node with a free slot (reserved for us), a machine claim, or wait in the queue."""
+        if self.shared is not None:
+            return await self._acquire_shared(self.shared, task, exclude)
         mine = self.may_start(task.owner)
         if not self._waiting and mine:
             node = self._free_node(task.images_count, exclude)
@@ -286,6 +377,135 @@ class Dispatcher:
         finally:
             self._waiting.pop(task.uuid, None)
 
+    # --- the cluster's queue (shared store) ----------------------------------------------------
+    async def _read_view(self, store: Store) -> tuple[list[Waiting], set[str]]:
+        """The shared queue in fair order and the uuids whose dispatch is alive, read at most
+        every ``VIEW_MAX_AGE_S`` for all the waiting jobs of this instance."""
+        async with self._view_lock:
+            now = time.monotonic()
+            if self._view is None or now - self._view[0] > VIEW_MAX_AGE_S:
+                order = fair_order(await store.queue_list())
+                counts = await store.reserved()
+                uuids = [w.uuid for w in order]
+                alive = await self.claims.held(uuids) if self.claims is not None else []
+                live = {u for u, ok in zip(uuids, alive, strict=True) if ok}
+                self.registry.set_reserved(
+                    {k[len(node_pool("")) :]: n for k, n in counts.items() if k.startswith("node:")}
+                )
+                self.set_reserved(counts)
+                self.cluster_queue_length = len(order)
+                self._view = (now, order, live)
+            return self._view[1], self._view[2]
+
+    def _may_start_with(self, owner: str, granted: int) -> bool:
+        limit = self.concurrency_limits.get(owner)
+        return limit is None or self.running_for(owner) + granted < limit
+
+    async def _acquire_shared(self, store: Store, task: TaskEntry, exclude: set[str]) -> Grant:
+        """Wait in the cluster's queue until a free slot goes to this task, then take it."""
+        await store.queue_join(task.uuid, task.owner, task.images_count)
+        self._view = None
+        queued_at = time.monotonic()
+        shown = (-1, -1)
+        grant: Grant | None = None
+        try:
+            while True:
+                order, live = await self._read_view(store)
+                if all(w.uuid != task.uuid for w in order):  # the store lost it: join again
+                    await store.queue_join(task.uuid, task.owner, task.images_count)
+                    self._view = None
+                    continue
+                waiting = [w for w in order if w.uuid in live or w.uuid == task.uuid]
+                plan = plan_grants(
+                    waiting, self.registry.states(), self._may_start_with, task.uuid, exclude
+                )
+                if task.uuid in plan:
+                    grant = await self._take(store, task, plan[task.uuid])
+                if grant is not None:
+                    await store.queue_leave(task.uuid, served=True)
+                    self._view = None
+                    if self.metrics is not None:
+                        self.metrics.queue_wait_seconds.observe(time.monotonic() - queued_at)
+                    return grant
+                place = (position(order, task.uuid), len(order))
+                if place != shown:
+                    shown = place
+                    await self._show_queued(task.uuid, *place)
+                if self.on_waiting is not None:
+                    self.on_waiting()
+                self._nudge.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._nudge.wait(), self.settings.queue_poll_s)
+        except BaseException:
+            if grant is not None:  # taken, then cancelled before it was handed over
+                self._give_back(grant)
+                await self._release_places(task.uuid, landed=False)
+            with contextlib.suppress(StoreError):
+                await asyncio.shield(store.queue_leave(task.uuid, served=False))
+            raise
+
+    async def _take(self, store: Store, task: TaskEntry, node: Node | None) -> Grant | None:
+        """Make a planned grant real: the node's slot, and the owner's place under their
+        concurrency limit, each taken in the store in one atomic step; or a machine."""
+        hold_ms = int(self.place_hold_s * 1000)
+        if node is None:
+            claim = self.provisioner.reserve(task.images_count) if self.provisioner else None
+            return Claim(claim) if claim is not None else None
+        info = node.info
+        capacity = 0 if info is None else info.max_parallel_tasks - info.task_queue_count
+        if not await store.reserve(node_pool(node.key), task.uuid, capacity, hold_ms):
+            self.registry.note_full(node.key)  # another instance took it first
+            self._view = None
+            return None
+        pools = [node_pool(node.key)]
+        limit = self.concurrency_limits.get(task.owner)
+        if limit is not None:
+            landed = sum(
+                1
+                for t in self.table.entries()
+                if t.owner == task.owner and t.stage is TaskStage.LANDED and t.uuid != task.uuid
+            )
+            if not await store.reserve(user_pool(task.owner), task.uuid, limit - landed, hold_ms):
+                await store.unreserve(node_pool(node.key), task.uuid)
+                self._view = None
+                return None
+            pools.append(user_pool(task.owner))
+        self._hold_places(store, task.uuid, pools)
+        self.registry.add_transient(node.key)
+        return node
+
+    def _hold_places(self, store: Store, uuid: str, pools: list[str]) -> None:
+        """Renew the task's places while it is forwarded (they lapse if this instance dies)."""
+
+        async def renew() -> None:
+            hold_ms = int(self.place_hold_s * 1000)
+            while True:
+                await asyncio.sleep(self.place_hold_s / 3)
+                for pool in pools:
+                    try:
+                        await store.reserve(pool, uuid, 1 << 30, hold_ms)  # ours: extended
+                    except StoreError as e:
+                        log.warning("task %s: place not renewed: %s", uuid, e.message)
+
+        self._places[uuid] = (pools, asyncio.create_task(renew(), name=f"places {uuid}"))
+
+    async def _release_places(self, uuid: str, landed: bool) -> None:
+        """Give the places back; a landed task's slot stays counted for ``place_hold_s``, until
+        the node's own queue count (refreshed by the leader) includes it."""
+        held = self._places.pop(uuid, None)
+        if held is None or self.shared is None:
+            return
+        pools, renewer = held
+        renewer.cancel()
+        await asyncio.gather(renewer, return_exceptions=True)  # our own cancel still raises
+        linger_ms = int(self.place_hold_s * 1000) if landed else 0
+        for pool in pools:
+            try:
+                await self.shared.unreserve(pool, uuid, linger_ms)
+            except StoreError as e:
+                log.warning("task %s: place not given back (it lapses): %s", uuid, e.message)
+        self._view = None
+
     def _consume_grant(self, owner: str) -> None:
         left = self._granted.get(owner, 0) - 1
         if left > 0:
@@ -305,14 +525,24 @@ class Dispatcher:
         if task is None:
             return
         why = "a free node" if self.may_start(task.owner) else "one of your tasks to finish"
-        line = f"Queued at the cluster: position {place} of {total}, waiting for {why}."
-        output = tuple(x for x in task.output if not x.startswith("Queued at the cluster"))
-        await self.table.update(
-            uuid,
-            stage=TaskStage.QUEUED,
-            status=TaskStatus.QUEUED,
-            output=(*output, line),
+        line = f"{QUEUED_LINE}: position {place} of {total}, waiting for {why}."
+        output = tuple(x for x in task.output if not x.startswith(QUEUED_LINE))
+        await self._write(
+            uuid, stage=TaskStage.QUEUED, status=TaskStatus.QUEUED, output=(*output, line)
         )
+
+    async def _write(self, uuid: str, **changes: Any) -> TaskEntry:
+        """Update the task's entry only while it is still being dispatched (compare-and-set on
+        its stage): a cancel or removal written meanwhile, here or on another instance, wins."""
+        task = await self.table.update_if(uuid, PENDING, **changes)
+        if task is None:
+            raise Superseded(uuid)
+        return task
+
+    async def _say(self, uuid: str, line: str, **changes: Any) -> TaskEntry:
+        task = self.table.get(uuid)
+        output = (*task.output, line) if task is not None else (line,)
+        return await self._write(uuid, output=output, **changes)
 
     # --- dispatch --------------------------------------------------------------------------
     def _backoff(self, attempt: int) -> float:
@@ -329,6 +559,8 @@ class Dispatcher:
                 await self.claims.hold(uuid, self._dispatch(uuid))
         except asyncio.CancelledError:
             raise
+        except Superseded:
+            log.info("task %s: cancelled or removed meanwhile; dispatch stopped", uuid)
         except Exception as e:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -338,9 +570,10 @@ class Dispatcher:
                 log.warning("task %s: dispatch stopped, state store failed: %s", uuid, e.message)
                 return
             log.exception("task %s: dispatch crashed", uuid)
-            await self.table.say(
-                uuid, f"Dispatch failed: {e}", stage=TaskStage.FAILED, status=TaskStatus.FAILED
-            )
+            with contextlib.suppress(Superseded):
+                await self._say(
+                    uuid, f"Dispatch failed: {e}", stage=TaskStage.FAILED, status=TaskStatus.FAILED
+                )
 
     async def _dispatch(self, uuid: str) -> None:
         task = self.table.get(uuid)
@@ -373,18 +606,13 @@ class Dispatcher:
                     node = grant
                 self.registry.choose(node.key)
                 logctx.node_key.set(node.key)
-                task = (
-                    await self.table.update(
-                        uuid,
-                        stage=TaskStage.DISPATCHING,
-                        status=TaskStatus.RUNNING,
-                        node_key=node.key,
-                        attempts=task.attempts + 1,
-                        output=tuple(
-                            x for x in task.output if not x.startswith("Queued at the cluster")
-                        ),
-                    )
-                    or task
+                task = await self._write(
+                    uuid,
+                    stage=TaskStage.DISPATCHING,
+                    status=TaskStatus.RUNNING,
+                    node_key=node.key,
+                    attempts=task.attempts + 1,
+                    output=tuple(x for x in task.output if not x.startswith(QUEUED_LINE)),
                 )
                 self._consume_grant(task.owner)
                 counted = True
@@ -413,12 +641,13 @@ class Dispatcher:
                     self._consume_grant(task.owner)
                 if isinstance(grant, Node):
                     self.registry.drop_transient(grant.key)
+                await self._release_places(uuid, landed=False)
             if attempt < self.settings.attempts:
                 await asyncio.sleep(self._backoff(attempt))
                 task = self.table.get(uuid) or task
         if self.metrics is not None:
             self.metrics.dispatch_failures.labels("gave_up").inc()
-        await self.table.update(
+        await self._write(
             uuid,
             stage=TaskStage.FAILED,
             status=TaskStatus.FAILED,
@@ -431,7 +660,7 @@ class Dispatcher:
         """The images went on to a node while they arrived: send the rest and commit there."""
         assert self.pipelines is not None
         node_key = task.node_key or ""
-        await self.table.update(task.uuid, stage=TaskStage.DISPATCHING, attempts=task.attempts + 1)
+        await self._write(task.uuid, stage=TaskStage.DISPATCHING, attempts=task.attempts + 1)
         started = time.monotonic()
         try:
             node = await self.pipelines.finish(
@@ -456,7 +685,7 @@ class Dispatcher:
 
     async def _provision(self, task: TaskEntry, grant: Claim) -> Node:
         assert self.provisioner is not None
-        await self.table.say(
+        await self._say(
             task.uuid, "Starting a new processing node for this task.", stage=TaskStage.DISPATCHING
         )
         return await self.provisioner.provision(grant.claim, task.uuid, task.images_count)
@@ -519,20 +748,44 @@ class Dispatcher:
         await self.client.commit(node, task.uuid)
 
     async def _landed(self, task: TaskEntry, node_key: str) -> None:
-        """The node has the task: store the route first, then keep or drop the images."""
+        """The node has the task: store the route first, then keep or drop the images.
+
+        The entry turns LANDED by compare-and-set: a cancel or removal written while the task
+        was being sent wins, and the task is taken off the node again.
+        """
         await self.routes.add(task.uuid, node_key, task.owner)
         if self.store is not None:
             await self.store.delete_meta(PIPELINE_META + task.uuid)
         self.registry.bump_queue(node_key)
-        if await self._keep(task.uuid):
-            await self.table.update(
-                task.uuid, stage=TaskStage.LANDED, status=TaskStatus.RUNNING, node_key=node_key
-            )
-        else:
+        await self._release_places(task.uuid, landed=True)
+        keep = await self._keep(task.uuid)
+        landed = await self.table.update_if(
+            task.uuid, PENDING, stage=TaskStage.LANDED, status=TaskStatus.RUNNING, node_key=node_key
+        )
+        if landed is None:
+            await self._undo(task.uuid, node_key)
+            raise Superseded(task.uuid)
+        if not keep:
+            self._kept_bytes.pop(task.uuid, None)
             await self.table.delete(task.uuid)
             await self.staging.remove(task.uuid)
         log.info("task %s forwarded to %s", task.uuid, node_key)
         self.wake()
+
+    async def _undo(self, uuid: str, node_key: str) -> None:
+        """Cancelled while it was being sent: take it off the node, forget its route."""
+        log.info(
+            "task %s: cancelled while being sent to %s; taking it off the node", uuid, node_key
+        )
+        node = self.registry.get(node_key)
+        if node is not None:
+            for action in ("cancel", "remove"):
+                try:
+                    await self.client.action(node, action, uuid, {})
+                except NodeError as e:
+                    log.warning("task %s: %s on %s failed: %s", uuid, action, node_key, e.message)
+        await self.routes.delete(uuid)
+        self._kept_bytes.pop(uuid, None)
 
     async def _keep(self, uuid: str) -> bool:
         """Keep the images for failover while the disk budget allows."""

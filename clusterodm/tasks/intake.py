@@ -156,7 +156,7 @@ class TaskIntake:
             uuid = str(uuidlib.uuid4())
         await self._check_concurrency(user)
         options = await self._check_options(user, fields.get("options"))
-        if self.flood.record_init(user.token):
+        if await self.flood.check_init(user.token):
             raise LimitExceeded(flood_message())
         kept = {k: str(v) for k, v in fields.items() if k in INIT_FIELDS}
         now = self._now_ms()
@@ -351,7 +351,7 @@ class TaskIntake:
         )
         await self._admit(user, task)
         await self._delete_upload(uuid)
-        self.flood.record_commit(user.token)
+        await self.flood.note_commit(user.token)
         if self.pipelines is not None and self.pipelines.shared:
             await self.pipelines.adopt(uuid)  # opened on any instance, finished by this one
         self.dispatcher.submit(uuid)

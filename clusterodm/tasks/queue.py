@@ -10,20 +10,18 @@ did not.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
+from clusterodm.model import Waiting
 
-@dataclass(frozen=True, slots=True)
-class Waiting:
-    uuid: str
-    owner: str
-    images: int
-    seq: int  # arrival order in the queue
-    tag: float = 0.0  # fair-queuing tag (see FairTags)
+__all__ = ["FairTags", "Waiting", "fair_order", "position"]
 
 
 class FairTags:
-    """Hands out tags; ``served`` moves the virtual clock when a task leaves the queue."""
+    """Hands out tags; ``served`` moves the virtual clock when a task leaves the queue.
+
+    The shared queue of several instances applies the same rule inside the store
+    (``Store.queue_join``), so its order is this one.
+    """
 
     def __init__(self) -> None:
         self.virtual = 0.0

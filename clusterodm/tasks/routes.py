@@ -3,8 +3,9 @@
 Lookups are on the hot path of every poll, so they are dict reads; ``accessed`` stamps are kept
 in memory and flushed to the store in batches (``flush``), never one write per request.
 
-With a shared store (several instances) a miss is read from the store (``fetch``) and kept, and a
-deletion is announced so the other instances drop their copy (``forget``).
+With a shared store (several instances) a miss is read from the store (``fetch``) and kept; an
+addition is announced so the other instances fetch it (their per-user counts see every task),
+and a deletion so they drop their copy (``forget``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ class RouteTable:
         self.announce: Callable[[str], Awaitable[None]] | None = None
 
     async def load(self) -> None:
-        self._routes = {r.uuid: r for r in await self._store.list_routes()}
+        self.replace(await self._store.list_routes())
+
+    def replace(self, routes: list[Route]) -> None:
+        """Take ``routes``, just read from the store, as the memory copy."""
+        self._routes = {r.uuid: r for r in routes}
 
     def __len__(self) -> int:
         return len(self._routes)
@@ -61,6 +66,8 @@ class RouteTable:
         route = Route(uuid=uuid, node_key=node_key, owner=owner, accessed_ms=self._now_ms())
         await self._store.put_route(route)
         self._routes[uuid] = route
+        if self.announce is not None:  # shared: every instance counts the owner's tasks
+            await self.announce(f"route-added {uuid}")
         return route
 
     async def delete(self, uuid: str) -> None:

@@ -8,6 +8,11 @@ claim lapsed (their instance died). Sees the store through ``Coordination`` and 
 Claims are keys with an expiry (``claim:task:<uuid>``, ``claim:leader``): the holder renews
 them well before they lapse, so a holder that is killed loses them within one ``ttl``, and a
 holder that cannot reach the store stops acting as holder (it never renews blind).
+
+Also: per-user locks for the concurrency check (``owner_lock``), the counts of places taken in
+the store (slots and user places) handed to the registry and the dispatcher on every scan, the
+leader's upkeep of the shared queue, and the recovery of a store that lost its state
+(``recover``: its marker changed, so this instance writes back what it holds in memory).
 """
 
 from __future__ import annotations
@@ -18,14 +23,15 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from clusterodm.config import ScaleOutSettings
 from clusterodm.errors import StoreError
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.store.base import Coordination, Store
-from clusterodm.tasks.dispatch import PENDING, Dispatcher
+from clusterodm.tasks.dispatch import PENDING, Dispatcher, node_pool
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
 
@@ -33,6 +39,8 @@ log = logging.getLogger(__name__)
 
 LEADER = "leader"
 RESUBSCRIBE_S = 1.0
+LOCK_WAIT_S = 10.0  # how long a per-user lock is waited for before the request fails
+LOCK_RETRY_S = 0.05
 
 
 DEFAULT_SCALE_OUT = ScaleOutSettings()
@@ -67,6 +75,10 @@ class TaskClaims:
         return await self.coordination.claim(
             task_key(uuid), self.owner, int(self.settings.claim_ttl_s * 1000)
         )
+
+    async def held(self, uuids: list[str]) -> list[bool]:
+        holders = await self.coordination.holders([task_key(u) for u in uuids])
+        return [holder is not None for holder in holders]
 
     async def hold(self, uuid: str, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work``, renewing the claim; a claim lost to another instance stops the work."""
@@ -119,6 +131,11 @@ class ScaleOut:
         self.claims = TaskClaims(coordination, self.instance_id, settings)
         self.is_leader = False
         self.takeovers = 0
+        self.marker: str | None = None  # the store's identity stamp when last seen
+        self.recoveries = 0
+        #: called on the leader while tasks wait or slots are being taken (refresh nodes soon)
+        self.on_busy: Callable[[], Any] | None = None
+        self._owner_locks: dict[str, asyncio.Lock] = {}
 
     def leads(self) -> bool:
         return self.is_leader
@@ -158,17 +175,76 @@ class ScaleOut:
             with contextlib.suppress(StoreError):
                 await self.coordination.release(LEADER, self.instance_id)
 
+    # --- per-user lock (concurrency limits) ---------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def owner_lock(self, owner: str) -> AsyncIterator[None]:
+        """One check-and-record at a time for ``owner`` in the whole cluster: a claim in the
+        store (and a local lock, since a claim is ours again for every task of this process)."""
+        key = "lock:user:" + owner
+        ttl_ms = int(self.settings.claim_ttl_s * 1000)
+        async with self._owner_locks.setdefault(owner, asyncio.Lock()):
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while not await self.coordination.claim(key, self.instance_id, ttl_ms):
+                if time.monotonic() > deadline:
+                    raise StoreError(f"the per-user lock of {owner!r} stayed taken")
+                await asyncio.sleep(LOCK_RETRY_S)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(StoreError):
+                    await self.coordination.release(key, self.instance_id)
+
+    async def reread_tasks(self) -> None:
+        """The task table as the store has it now (before counting a user's tasks)."""
+        self.table.sync(await self.store.list_tasks(), keep=self.dispatcher.active)
+
+    # --- a store that lost its state -----------------------------------------------------------
+    async def recover(self) -> bool:
+        """If the store's marker changed (Redis came back empty), write back the nodes, routes
+        and task-table entries this instance holds in memory. True if it did."""
+        marker = await self.store.marker()
+        if self.marker is None or marker == self.marker:
+            self.marker = marker
+            return False
+        self.marker = marker
+        nodes, routes, tasks = self.registry.nodes(), self.routes.all(), self.table.entries()
+        log.warning(
+            "the shared store lost its state (restarted empty?); writing back what this "
+            "instance knows: %d nodes, %d routes, %d task-table entries",
+            len(nodes), len(routes), len(tasks),
+        )  # fmt: skip
+        for node in nodes:
+            await self.store.put_node(node)
+        await self.store.put_routes(routes)
+        for task in tasks:
+            await self.store.put_task(task)
+        self.recoveries += 1
+        await self.announce("nodes")
+        return True
+
+    async def reload_nodes(self) -> None:
+        """Re-read the node list, unless the store lost its state meanwhile (then the memory
+        copy is what was just written back)."""
+        nodes = await self.store.list_nodes()
+        if not await self.recover():
+            await self.registry.reload(nodes)
+
     # --- notices from other instances --------------------------------------------------------
     async def on_event(self, event: str, first: bool) -> None:
         kind, _, arg = event.partition(" ")
         if kind == "":  # (re)subscribed: catch up on what may have been missed
-            await self.registry.reload()
+            await self.recover()
+            await self.reload_nodes()
             if not first:
-                await self.routes.load()
+                routes = await self.store.list_routes()
+                if not await self.recover():
+                    self.routes.replace(routes)
         elif kind == "nodes":
-            await self.registry.reload()
+            await self.reload_nodes()
         elif kind == "route-deleted":
             self.routes.forget(arg)
+        elif kind == "route-added":
+            await self.routes.fetch(arg)
         elif kind == "cancel":
             await self.dispatcher.cancel(arg)
 
@@ -190,10 +266,15 @@ class ScaleOut:
 
     # --- scan --------------------------------------------------------------------------------
     async def scan_once(self) -> int:
-        """Re-read nodes and task table; start the pending tasks nobody holds. Answers how many."""
-        await self.registry.reload()
-        tasks = await self.store.list_tasks()
+        """Re-read nodes, task table, places and queue; start the pending tasks nobody holds.
+        Answers how many."""
+        await self.recover()
+        nodes, tasks = await self.store.list_nodes(), await self.store.list_tasks()
+        if await self.recover():
+            return 0  # the store lost its state while it was read: that read is not the cluster
+        await self.registry.reload(nodes)
         self.table.sync(tasks, keep=self.dispatcher.active)
+        await self.count_shared(tasks)
         pending = [t.uuid for t in tasks if t.stage in PENDING]
         pending = [u for u in pending if not self.dispatcher.active(u)]
         holders = await self.coordination.holders([task_key(u) for u in pending])
@@ -203,6 +284,28 @@ class ScaleOut:
             self.dispatcher.submit(uuid)
         self.takeovers += len(free)
         return len(free)
+
+    async def count_shared(self, tasks: list[Any]) -> None:
+        """Places and queue length for the registry and the dispatcher; on the leader, the
+        queue's upkeep: drop entries of tasks no longer pending (removed while their instance
+        was away), and refresh nodes soon while anything waits or is being sent."""
+        counts = await self.store.reserved()
+        prefix = node_pool("")
+        self.registry.set_reserved(
+            {k[len(prefix) :]: n for k, n in counts.items() if k.startswith(prefix)}
+        )
+        self.dispatcher.set_reserved(counts)
+        queue = await self.store.queue_list()
+        if self.is_leader:
+            pending = {t.uuid for t in tasks if t.stage in PENDING}
+            for w in queue:
+                if w.uuid not in pending:
+                    log.info("task %s: no longer pending, dropped from the queue", w.uuid)
+                    await self.store.queue_leave(w.uuid, served=False)
+            queue = [w for w in queue if w.uuid in pending]
+            if (queue or counts) and self.on_busy is not None:
+                self.on_busy()
+        self.dispatcher.cluster_queue_length = len(queue)
 
     async def run_scan(self) -> None:
         while True:

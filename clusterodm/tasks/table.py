@@ -75,6 +75,22 @@ class TaskTable:
             return None
         return await self.put(dataclasses.replace(task, output=(*task.output, line), **changes))
 
+    async def update_if(
+        self, uuid: str, stages: tuple[TaskStage, ...], **changes: Any
+    ) -> TaskEntry | None:
+        """``update``, only if the stored entry's stage is still one of ``stages`` (a cancel
+        written meanwhile by any instance is never overwritten); None if it was not written,
+        and the memory copy is then the stored one."""
+        task = self._tasks.get(uuid)
+        if task is None:
+            return None
+        updated = dataclasses.replace(task, **changes)
+        if await self._store.put_task_if(updated, stages):
+            self._tasks[uuid] = updated
+            return updated
+        await self.refresh(uuid)
+        return None
+
     async def delete(self, uuid: str) -> None:
         if self._tasks.pop(uuid, None) is not None:
             await self._store.delete_task(uuid)

@@ -18,6 +18,7 @@ from clusterodm.model import Node, NodeInfo, Route, StagedUpload, TaskEntry, Tas
 from clusterodm.store import redis as redis_store
 from clusterodm.store import sqlite as sqlite_store
 from clusterodm.store.base import Store
+from tests.helpers import eventually
 from tests.store.conftest import StoreFactory
 
 
@@ -309,3 +310,89 @@ async def test_put_routes_same_uuid_twice_keeps_first_place_and_last_values(stor
     ]
     await store.delete_node("n:2")
     assert [r.uuid for r in await store.list_routes()] == ["z", "b"]
+
+
+# --- counting shared by every instance (one process: in memory; Redis: Lua) ---------------
+
+
+async def test_put_task_if_writes_only_from_the_expected_stages(store: Store) -> None:
+    pending = (TaskStage.COMMITTED, TaskStage.DISPATCHING, TaskStage.QUEUED)
+    assert not await store.put_task_if(make_task("a"), pending), "no entry: nothing to update"
+    assert await store.get_task("a") is None
+    await store.put_task(make_task("a", stage=TaskStage.DISPATCHING))
+    await store.put_task(make_task("b"))
+    assert await store.put_task_if(make_task("a", stage=TaskStage.QUEUED, attempts=2), pending)
+    stored = await store.get_task("a")
+    assert stored is not None and stored.stage is TaskStage.QUEUED and stored.attempts == 2
+    canceled = make_task("a", stage=TaskStage.FAILED, status=TaskStatus.CANCELED)
+    await store.put_task(canceled)
+    assert not await store.put_task_if(make_task("a", stage=TaskStage.LANDED), pending)
+    assert await store.get_task("a") == canceled, "the cancel is kept"
+    assert [t.uuid for t in await store.list_tasks()] == ["a", "b"], "place kept"
+
+
+async def test_reserve_takes_places_up_to_capacity_atomically(store: Store) -> None:
+    taken = await asyncio.gather(*(store.reserve("node:a", f"t{i}", 3, 60_000) for i in range(8)))
+    assert sum(taken) == 3, "concurrent takers never exceed the capacity"
+    holders = [f"t{i}" for i, ok in enumerate(taken) if ok]
+    assert await store.reserve("node:a", holders[0], 1, 60_000), "a holder keeps its place"
+    assert await store.reserved() == {"node:a": 3}
+    await store.unreserve("node:a", holders[0])
+    assert await store.reserved() == {"node:a": 2}
+    assert await store.reserve("node:a", "late", 3, 60_000)
+    assert not await store.reserve("node:a", "later", 3, 60_000)
+    assert await store.reserve("node:b", "x", 1, 60_000), "pools are apart"
+
+
+async def test_reserved_places_lapse_and_linger(store: Store) -> None:
+    assert await store.reserve("p", "dead", 1, 150)
+    assert not await store.reserve("p", "other", 1, 60_000)
+    await eventually(lambda: store.reserve("p", "other", 1, 60_000), timeout_s=5, message="lapse")
+    await store.unreserve("p", "other", linger_ms=150)
+    assert await store.reserved() == {"p": 1}, "a lingering place still counts"
+    await eventually(lambda: _none_reserved(store), timeout_s=5, message="linger ends")
+
+
+async def _none_reserved(store: Store) -> bool:
+    return await store.reserved() == {}
+
+
+async def test_decaying_counter_follows_the_flood_rule(store: Store) -> None:
+    every, now = 900_000, 1_000_000
+    for i in range(1, 12):
+        assert await store.count("flood", "a", 1, now, every, 0.66) == i
+    assert await store.count("flood", "b", 1, now, every, 0.66) == 1, "keys are apart"
+    assert await store.count("flood", "a", 0, now + every, every, 0.66) == 7  # floor(11*0.66)
+    assert await store.count("flood", "a", 0, now + 4 * every, every, 0.66) == 1  # 7, 4, 2, 1
+    assert await store.count("flood", "a", -5, now + 4 * every, every, 0.66) == 0, "not below 0"
+    assert await store.count("other", "a", 0, now, every, 0.66) == 0, "sets are apart"
+
+
+async def test_queue_is_fair_across_owners_and_keeps_places(store: Store) -> None:
+    for uuid, owner in [("a1", "ann"), ("a2", "ann"), ("a3", "ann"), ("b1", "bob")]:
+        await store.queue_join(uuid, owner, 5)
+    again = await store.queue_join("a2", "ann", 5)
+    order = sorted(await store.queue_list(), key=lambda w: (w.tag, w.seq))
+    assert [w.uuid for w in order] == ["a1", "b1", "a2", "a3"]
+    assert again == next(w for w in order if w.uuid == "a2"), "joining again keeps the place"
+    assert order[0].images == 5 and order[0].owner == "ann"
+    await store.queue_leave("a1", served=True)
+    await store.queue_leave("b1", served=True)
+    await store.queue_join("b2", "bob", 1)  # bob was served: behind ann's waiting ones
+    order = sorted(await store.queue_list(), key=lambda w: (w.tag, w.seq))
+    assert [w.uuid for w in order] == ["a2", "b2", "a3"]
+    await store.queue_leave("zz", served=False)
+    assert len(await store.queue_list()) == 3
+
+
+async def test_marker_is_stable_while_the_store_keeps_its_state(store: Store) -> None:
+    first = await store.marker()
+    assert first and await store.marker() == first
+
+
+async def test_list_meta_by_prefix(store: Store) -> None:
+    await store.set_meta("asr:machine:x", "1")
+    await store.set_meta("asr:machine:y", "2")
+    await store.set_meta("other", "3")
+    assert await store.list_meta("asr:machine:") == {"asr:machine:x": "1", "asr:machine:y": "2"}
+    assert len(await store.list_meta()) == 3

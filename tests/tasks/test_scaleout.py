@@ -17,7 +17,8 @@ import pytest
 from aiohttp import FormData
 
 from clusterodm.app import Cluster
-from clusterodm.config import ScaleOutSettings
+from clusterodm.config import DispatchSettings, ScaleOutSettings
+from clusterodm.model import TaskStage, TaskStatus
 from clusterodm.store.redis import RedisStore
 from clusterodm.tasks.scaleout import ScaleOut, task_key
 from tests.conftest import ClusterFactory, SimnodeFactory
@@ -25,6 +26,11 @@ from tests.helpers import eventually
 from tests.redis_server import RedisServer, redis_server_or_skip
 
 FAST = ScaleOutSettings(claim_ttl_s=1.5, scan_s=0.3)
+# early forwarding picks its node apart from the queue (docs/scale-out.md): these tests are
+# about the queue and the slots it hands out
+QUICK_QUEUE = DispatchSettings(
+    backoff_base_s=0.05, backoff_max_s=0.2, queue_poll_s=0.1, early_forwarding=False
+)
 
 
 def scaleout(cluster: Cluster) -> ScaleOut:
@@ -39,10 +45,14 @@ async def three(
     staging: Path,
     nodes: list[Any],
     settings: ScaleOutSettings = FAST,
+    **overrides: Any,
 ) -> list[Cluster]:
-    first = await cluster_factory(nodes, store=url, data_dir=staging, scale_out=settings)
+    first = await cluster_factory(
+        nodes, store=url, data_dir=staging, scale_out=settings, **overrides
+    )
     rest = [
-        await cluster_factory(store=url, data_dir=staging, scale_out=settings) for _ in range(2)
+        await cluster_factory(store=url, data_dir=staging, scale_out=settings, **overrides)
+        for _ in range(2)
     ]
     return [first, *rest]
 
@@ -288,3 +298,177 @@ async def test_redis_going_away_is_a_clear_error_and_the_instances_recover(
         await a.registry.add(other.host, other.port)
         key = f"{other.host}:{other.port}"
         await eventually(lambda: b.registry.get(key) and c.registry.get(key), timeout_s=5)
+
+
+# --- counted across the cluster: slots, queue, flood, cancels, a store that lost its state ---
+
+
+async def new_task(s: aiohttp.ClientSession, url: str, name: str = "x.jpg") -> str:
+    body = await json_of(await s.post(f"{url}/task/new", data=images(name)))
+    assert "uuid" in body, body
+    return str(body["uuid"])
+
+
+def on_node(sim: Any) -> int:
+    """Tasks the node holds queued or running (what its /info calls taskQueueCount)."""
+    return sum(1 for t in sim.tasks.values() if int(t.status) in (10, 20))
+
+
+async def test_a_one_slot_node_never_gets_two_tasks_from_three_instances(
+    store_url: str,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    sim = await simnode_factory(test_seconds=0.4, parallel=1)
+    clusters = await three(
+        cluster_factory, store_url, tmp_path / "shared", [sim], dispatch=QUICK_QUEUE
+    )
+    most = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal most
+        while not done.is_set():
+            most = max(most, on_node(sim))
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    async with aiohttp.ClientSession() as s:
+        targets = [clusters[0], clusters[1], clusters[2], clusters[1], clusters[2]]
+        uuids = await asyncio.gather(*(new_task(s, c.url) for c in targets))
+        for uuid in uuids:
+            await eventually(lambda u=uuid: _is(code(s, clusters[0].url, u), 40), timeout_s=30)
+    done.set()
+    await watcher
+    assert most == 1, "never two tasks on the node's one slot"
+    assert sorted(sim.tasks) == sorted(uuids), "each task reached the node once"
+    sent = [c.metrics.registry.get_sample_value("clusterodm_dispatches_total") for c in clusters]
+    assert sum(x or 0 for x in sent) == len(uuids)
+
+
+def queued_line(entry: Any) -> str:
+    lines = [x for x in entry.output if x.startswith("Queued at the cluster")]
+    return lines[-1] if lines else ""
+
+
+async def test_queue_positions_and_max_queue_are_the_clusters(
+    store_url: str,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    sim = await simnode_factory(test_seconds=30, parallel=1)
+    a, b, c = await three(
+        cluster_factory, store_url, tmp_path / "shared", [sim], dispatch=QUICK_QUEUE, max_queue=3
+    )
+    async with aiohttp.ClientSession() as s:
+        first = await new_task(s, a.url)
+        await eventually(lambda: first in sim.tasks, timeout_s=10, message="first on the node")
+        waiting = [await new_task(s, x.url) for x in (b, c, a)]  # one per instance
+
+        async def positions() -> list[str]:
+            lines = []
+            for uuid in waiting:
+                entry = await b.store.get_task(uuid)
+                lines.append(queued_line(entry) if entry is not None else "")
+            return lines
+
+        async def all_placed() -> bool:
+            return all(" of 3," in line for line in await positions())
+
+        await eventually(all_placed, timeout_s=10, message="cluster-wide positions")
+        lines = await positions()
+        assert [line.split(" of ")[0][-1] for line in lines] == ["1", "2", "3"], lines
+        body = await json_of(await s.get(f"{c.url}/task/{waiting[0]}/info?with_output=0"))
+        assert body["status"]["code"] == 10
+        assert any("position 1 of 3" in x for x in body["output"]), "any instance shows it"
+
+        await eventually(lambda: all(x.deps.dispatcher.queue_length() == 3 for x in (a, b, c)))
+        refused = await json_of(await s.post(f"{b.url}/task/new", data=images("y.jpg")))
+        assert "queue is full" in refused.get("error", ""), refused
+    assert first not in [w for w in waiting]
+
+
+async def test_flood_limit_counts_inits_on_every_instance(
+    store_url: str,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    sim = await simnode_factory()
+    a, b, c = await three(cluster_factory, store_url, tmp_path / "shared", [sim], flood_limit=2)
+    async with aiohttp.ClientSession() as s:
+        for x in (a, b):
+            body = await json_of(await s.post(f"{x.url}/task/new/init", data=FormData({})))
+            assert "uuid" in body, body
+        refused = await json_of(await s.post(f"{c.url}/task/new/init", data=FormData({})))
+        assert "slow down" in refused.get("error", ""), refused
+
+
+async def test_a_cancel_written_during_forwarding_is_not_overwritten(
+    store_url: str,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    sim = await simnode_factory()
+    a, b, _ = await three(cluster_factory, store_url, tmp_path / "shared", [sim])
+    async with aiohttp.ClientSession() as s:
+        uuid = (await json_of(await s.post(f"{a.url}/task/new/init", data=FormData({}))))["uuid"]
+        await json_of(await s.post(f"{a.url}/task/new/upload/{uuid}", data=images("x.jpg")))
+        sim.config.hang = True  # a's forwarding waits on the node
+        assert await json_of(await s.post(f"{a.url}/task/new/commit/{uuid}")) == {"uuid": uuid}
+        await eventually(
+            lambda: (t := a.deps.table.get(uuid)) is not None and t.stage is TaskStage.DISPATCHING,
+            message="forwarding",
+        )
+        # b's cancel is written while a's step is in flight, before a hears of it
+        await b.deps.table.refresh(uuid)
+        await b.deps.table.update(uuid, status=TaskStatus.CANCELED, stage=TaskStage.FAILED)
+        sim.config.hang = False
+        await eventually(lambda: not a.deps.dispatcher.active(uuid), timeout_s=10)
+        stored = await a.store.get_task(uuid)
+        assert stored is not None and stored.status is TaskStatus.CANCELED, stored
+        assert await a.store.get_route(uuid) is None, "no route to a cancelled task"
+        assert uuid not in sim.tasks or int(sim.tasks[uuid].status) == 50
+        for cluster in (a, b):
+            assert await code(s, cluster.url, uuid) == 50
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    """A server of this test's own, without persistence: a restart comes back empty."""
+    server = redis_server_or_skip()
+    yield server
+    server.stop()
+
+
+async def test_a_redis_that_restarts_empty_gets_the_state_written_back(
+    own_server: RedisServer,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    sim = await simnode_factory()
+    a, b, c = await three(cluster_factory, own_server.url, tmp_path / "shared", [sim])
+    async with aiohttp.ClientSession() as s:
+        uuid = await new_task(s, b.url)
+        await eventually(lambda: _is(code(s, a.url, uuid), 40), timeout_s=10)
+        await eventually(lambda: not any(x.deps.dispatcher.active(uuid) for x in (a, b, c)))
+        assert [x.deps.routes.get(uuid) is not None for x in (a, b, c)] == [True] * 3
+        own_server.stop()
+        own_server.start()  # empty
+        await eventually(
+            lambda: all(scaleout(x).recoveries >= 1 for x in (a, b, c)),
+            timeout_s=15,
+            message="every instance noticed",
+        )
+        key = f"{sim.host}:{sim.port}"
+        assert [n.key for n in await a.store.list_nodes()] == [key]
+        route = await a.store.get_route(uuid)
+        assert route is not None and route.node_key == key
+        for cluster in (a, b, c):
+            assert await code(s, cluster.url, uuid) == 40
+        again = await new_task(s, c.url)
+        await eventually(lambda: _is(code(s, a.url, again), 40), timeout_s=10)
