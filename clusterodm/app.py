@@ -215,6 +215,8 @@ async def start_autoscaler(cluster: Cluster, asr: AsrConfig) -> Autoscaler:
     """Build the autoscaler, check its provider and S3, plug it into dispatch and admin."""
     d = cluster.deps
     s3 = _s3_access(asr)
+    scaleout = cluster.extra.get("scale-out")
+    assert scaleout is None or isinstance(scaleout, ScaleOut)
 
     def public_url() -> str:
         if cluster.settings.public_address:
@@ -237,7 +239,10 @@ async def start_autoscaler(cluster: Cluster, asr: AsrConfig) -> Autoscaler:
         public_url,
         release_images=d.dispatcher.release_images,
         check_s3=check_s3,
+        instance=scaleout.instance_id if scaleout is not None else "",
     )
+    if scaleout is not None:  # one machine per need; the housekeeping is the leader's
+        autoscaler.leads = scaleout.leads
     autoscaler.downloads = build_s3_downloads(cluster.settings, asr)
     await autoscaler.start()
     cluster.closers.append(autoscaler.close)

@@ -14,11 +14,21 @@ vacuum the provider's tagged machines that no record knows are destroyed, so not
 billing the user. State survives a restart: a node's machine record is stored with the node,
 machines being created are stored under the ``asr:machines`` meta key, a scheduled teardown is
 marked in the node's record and resumed.
+
+Several instances on one shared store (``instance`` set, ``leads`` from the leader lease): a
+machine is created by the instance dispatching the task that needs it (one dispatch per task, by
+its claim), so one machine per need; ``machinesLimit`` counts in the store (a place per machine
+being created, ``Store.reserve``, plus the auto-spawned nodes every instance sees). Machines being
+created are recorded per instance (``asr:machines:<instance>``) and the orphan sweep knows all of
+them. Everything else runs on the leader only: the start-up clean-up, the vacuum, the orphan
+sweep and the teardowns (a ``/commit`` webhook received elsewhere marks the node finished; the
+leader tears it down when its delay is over).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -42,6 +52,8 @@ from clusterodm.tasks.table import TaskTable
 log = logging.getLogger(__name__)
 
 PENDING_KEY = "asr:machines"
+MACHINES_POOL = "asr:machines"  # places in the store: machines being created, all instances
+FINISHED_CHECK_S = 5.0  # how often the leader looks for finished machines (shared store)
 TAG_KEY = "asr:cluster-tag"
 OFFLINE_MSG = "No nodes available (spawned a new node, but the node did not get online)."
 
@@ -89,6 +101,7 @@ class Autoscaler:
         release_images: Callable[[str], Awaitable[None]] | None = None,
         check_s3: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
+        instance: str = "",
     ) -> None:
         self.config = config
         self.provider = provider
@@ -107,6 +120,10 @@ class Autoscaler:
         self._pending: dict[str, dict[str, Any]] = {}  # name -> record, while being created
         self._teardowns: dict[str, asyncio.Task[None]] = {}
         self.downloads: Any = None  # results.S3Downloads for download/<asset>, set by the app
+        #: several instances on one store: this one's id, and whether it holds the leader lease
+        self.instance = instance
+        self.leads: Callable[[], bool] = lambda: True
+        self.pending_key = f"{PENDING_KEY}:{instance}" if instance else PENDING_KEY
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -123,6 +140,9 @@ class Autoscaler:
         if self.check_s3 is not None:
             await self.check_s3()
         log.info("autoscaler: %s, cluster tag %s", self.provider.name, self.cluster_tag)
+        if self.instance:
+            await self._save_pending()
+            return  # the clean-up below is the leader's (its vacuum)
         stored = await self.store.get_meta(PENDING_KEY)
         leftovers: dict[str, Any] = json.loads(stored) if stored else {}
         for name, record in leftovers.items():
@@ -136,7 +156,39 @@ class Autoscaler:
         await self.sweep_orphans()
 
     async def run(self) -> None:
-        """The vacuum loop; started by the app, cancelled at shutdown."""
+        """The vacuum loop; started by the app, cancelled at shutdown. With a shared store only
+        the leader vacuums, and it looks for finished machines more often (their webhook may
+        have reached another instance)."""
+        if not self.instance:
+            return await self._run_vacuum()
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(min(FINISHED_CHECK_S, self.config.vacuum_interval_s))
+            if not self.leads():
+                continue
+            try:
+                self._teardown_finished()
+                if time.monotonic() - last >= self.config.vacuum_interval_s:
+                    last = time.monotonic()
+                    await self.vacuum()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("autoscaler: vacuum failed")
+
+    def _teardown_finished(self) -> None:
+        """Schedule the teardown of every node whose task finished, when its delay is over."""
+        now = self._now_ms()
+        for node in self.registry.nodes():
+            rec = node.machine
+            if rec is None or not rec.get("finished") or node.key in self._teardowns:
+                continue
+            waited_s = (now - int(rec["finished"])) / 1000
+            self._schedule_teardown(
+                node.key, rec.get("task"), max(0.0, self.config.teardown_delay_s - waited_s)
+            )
+
+    async def _run_vacuum(self) -> None:
         while True:
             await asyncio.sleep(self.config.vacuum_interval_s)
             try:
@@ -176,6 +228,19 @@ class Autoscaler:
         if isinstance(claim, Reservation):
             self._claims.pop(claim.id, None)
 
+    async def confirm(self, claim: object, uuid: str) -> bool:
+        """Take the machine's place under ``machinesLimit`` in the store, where every instance
+        counts (several instances); False if the cluster is at the limit."""
+        limit = self.config.machines_limit
+        if limit == -1:
+            return True
+        spawned = sum(1 for n in self.registry.nodes() if n.auto_spawned)
+        hold_s = self.config.create_retries * (self.config.online_timeout_s + 300)
+        ok = await self.store.reserve(MACHINES_POOL, uuid, limit - spawned, int(hold_s * 1000))
+        if not ok:
+            self.release(claim)
+        return ok
+
     async def provision(self, claim: object, uuid: str, images: int) -> Node:
         if not isinstance(claim, Reservation) or claim.id not in self._claims:
             raise CloudError("This machine reservation is no longer valid")
@@ -183,6 +248,9 @@ class Autoscaler:
             return await self._create_node(claim, uuid)
         finally:
             self._claims.pop(claim.id, None)
+            if self.instance:  # a created node counts as auto-spawned from now on
+                with contextlib.suppress(ClusterError):
+                    await self.store.unreserve(MACHINES_POOL, uuid)
 
     async def discard(self, node_key: str) -> None:
         node = self.registry.get(node_key)
@@ -278,7 +346,8 @@ class Autoscaler:
             return False
         record = {**node.machine, "finished": self._now_ms(), "task": uuid}
         await self.registry.set_machine(node.key, record)
-        self._schedule_teardown(node.key, uuid, self.config.teardown_delay_s)
+        if self.leads():  # else the leader sees the mark (``run``)
+            self._schedule_teardown(node.key, uuid, self.config.teardown_delay_s)
         return True
 
     def _schedule_teardown(self, node_key: str, uuid: str | None, delay_s: float) -> None:
@@ -363,13 +432,18 @@ class Autoscaler:
     async def sweep_orphans(self) -> list[Machine]:
         """Destroy this cluster's machines that no node and no creation in progress knows."""
         known = {str(n.machine.get("id")) for n in self.registry.nodes() if n.machine}
-        known |= {str(r.get("id")) for r in self._pending.values() if r.get("id")}
+        pending = dict(self._pending)
+        if self.instance:  # machines other instances are creating
+            for raw in (await self.store.list_meta(PENDING_KEY)).values():
+                with contextlib.suppress(ValueError, AttributeError):
+                    pending.update(json.loads(raw))
+        known |= {str(r.get("id")) for r in pending.values() if r.get("id")}
         try:
             tagged = await self.provider.list_tagged(self.cluster_tag)
         except CloudError as e:
             log.error("autoscaler: cannot list machines: %s", self.config.mask(e.message))
             return []
-        orphans = [m for m in tagged if m.id not in known and m.name not in self._pending]
+        orphans = [m for m in tagged if m.id not in known and m.name not in pending]
         for machine in orphans:
             log.warning("autoscaler: destroying orphan machine %s (%s)", machine.name, machine.id)
             await self._destroy_quietly(machine)
@@ -393,7 +467,7 @@ class Autoscaler:
             await self._save_pending()
 
     async def _save_pending(self) -> None:
-        await self.store.set_meta(PENDING_KEY, json.dumps(self._pending))
+        await self.store.set_meta(self.pending_key, json.dumps(self._pending))
 
     # --- admin -------------------------------------------------------------------------------
     def view_command(self, images: int) -> str:

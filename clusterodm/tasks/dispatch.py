@@ -127,6 +127,9 @@ class NodeProvisioner(Protocol):
     def release(self, claim: object) -> None:
         """Give back a claim that was not used."""
 
+    async def confirm(self, claim: object, uuid: str) -> bool:
+        """Shared store: count the claim where every instance counts; False if that is full."""
+
     async def provision(self, claim: object, uuid: str, images: int) -> Node:
         """Create the machine, wait for its node to come online, register it; CloudError."""
 
@@ -449,8 +452,12 @@ class Dispatcher:
         concurrency limit, each taken in the store in one atomic step; or a machine."""
         hold_ms = int(self.place_hold_s * 1000)
         if node is None:
-            claim = self.provisioner.reserve(task.images_count) if self.provisioner else None
-            return Claim(claim) if claim is not None else None
+            if self.provisioner is None:
+                return None
+            claim = self.provisioner.reserve(task.images_count)
+            if claim is None or not await self.provisioner.confirm(claim, task.uuid):
+                return None
+            return Claim(claim)
         info = node.info
         capacity = 0 if info is None else info.max_parallel_tasks - info.task_queue_count
         if not await store.reserve(node_pool(node.key), task.uuid, capacity, hold_ms):

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from clusterodm.autoscale import Autoscaler, MachineSize, MachineSpec, parse_asr_config
 from clusterodm.autoscale.localproc import LocalProvider, render_command
+from clusterodm.config import ScaleOutSettings
 from clusterodm.model import TaskStage
 from tests.autoscale.conftest import SIMNODE, AsrClusterFactory, fast
 from tests.helpers import eventually
+
+QUICK = ScaleOutSettings(claim_ttl_s=1.5, scan_s=0.3)
 
 
 def images_form(n: int) -> aiohttp.FormData:
@@ -144,3 +148,51 @@ async def test_command_template() -> None:
     assert argv[:3] == [sys.executable, "-m", "clusterodm.simnode"]
     assert argv[3:] == ["--port", "4000", "--token", "tok", "--webhook", "http://h:1/commit"]
     await asyncio.sleep(0)
+
+
+async def test_two_instances_on_one_redis_create_one_machine_per_need(
+    asr_cluster: AsrClusterFactory, store_url: str, tmp_path: Path
+) -> None:
+    config = fast(provider="local", command=SIMNODE + " --test_seconds 0.5", machinesLimit=1)
+    shared = {"store": store_url, "data_dir": tmp_path / "shared", "scale_out": QUICK}
+    a = await asr_cluster(config, **shared)
+    b = await asr_cluster(config, **shared)
+    for node in b.registry.nodes():  # every static node locked: each task needs a machine
+        await b.registry.set_locked(node.key, True)
+    await eventually(lambda: all(n.locked for n in a.registry.nodes()), message="locks seen")
+    seen: set[str] = set()
+    most = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal most
+        while not done.is_set():
+            spawned = [n for n in await a.store.list_nodes() if n.auto_spawned]
+            most = max(most, len(spawned))
+            seen.update(str(n.machine["id"]) for n in spawned if n.machine)
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    async with aiohttp.ClientSession() as s:
+
+        async def new(url: str) -> str:
+            r = await s.post(f"{url}/task/new", data=images_form(1))
+            return str((await r.json())["uuid"])
+
+        uuids = await asyncio.gather(new(a.url), new(b.url))
+
+        async def completed(uuid: str) -> bool:
+            body = await (await s.get(f"{a.url}/task/{uuid}/info")).json()
+            return bool(body.get("status", {}).get("code") == 40)
+
+        for uuid in uuids:
+            await eventually(lambda u=uuid: completed(u), timeout_s=45, message="completed")
+        await eventually(
+            lambda: not any(n.auto_spawned for n in a.registry.nodes()),
+            timeout_s=20,
+            message="both machines torn down",
+        )
+    done.set()
+    await watcher
+    assert most == 1, "machinesLimit counts both instances"
+    assert len(seen) == 2, "one machine per task, created once"
