@@ -477,20 +477,28 @@ class Dispatcher:
                 self._view = None
                 return None
             pools.append(user_pool(task.owner))
-        self._hold_places(store, task.uuid, pools)
+        await self._hold_places(store, task.uuid, pools)
         self.registry.add_transient(node.key)
         return node
 
-    def _hold_places(self, store: Store, uuid: str, pools: list[str]) -> None:
+    async def _hold_places(self, store: Store, uuid: str, pools: list[str]) -> None:
         """Renew the task's places while it is forwarded (they lapse if this instance dies)."""
+        old = self._places.pop(uuid, None)
+        if old is not None:  # places of an earlier attempt
+            old[1].cancel()
+            await asyncio.gather(old[1], return_exceptions=True)
+            for pool in old[0]:
+                if pool not in pools:
+                    with contextlib.suppress(StoreError):
+                        await store.unreserve(pool, uuid)
 
         async def renew() -> None:
             hold_ms = int(self.place_hold_s * 1000)
             while True:
                 await asyncio.sleep(self.place_hold_s / 3)
                 for pool in pools:
-                    try:
-                        await store.reserve(pool, uuid, 1 << 30, hold_ms)  # ours: extended
+                    try:  # ours: extended (it can only have lapsed over a longer pause)
+                        await store.reserve(pool, uuid, 1 << 30, hold_ms)
                     except StoreError as e:
                         log.warning("task %s: place not renewed: %s", uuid, e.message)
 
@@ -770,8 +778,10 @@ class Dispatcher:
             task.uuid, PENDING, stage=TaskStage.LANDED, status=TaskStatus.RUNNING, node_key=node_key
         )
         if landed is None:
-            await self._undo(task.uuid, node_key)
-            raise Superseded(task.uuid)
+            current = self.table.get(task.uuid)  # as stored now
+            if current is None or current.stage in (TaskStage.FAILED, TaskStage.FINISHED):
+                await self._undo(task.uuid, node_key)  # cancelled or removed meanwhile
+            raise Superseded(task.uuid)  # else recorded as landed already: nothing to undo
         if not keep:
             self._kept_bytes.pop(task.uuid, None)
             await self.table.delete(task.uuid)

@@ -136,6 +136,7 @@ class ScaleOut:
         #: called on the leader while tasks wait or slots are being taken (refresh nodes soon)
         self.on_busy: Callable[[], Any] | None = None
         self._owner_locks: dict[str, asyncio.Lock] = {}
+        self._recovering = asyncio.Lock()
 
     def leads(self) -> bool:
         return self.is_leader
@@ -202,12 +203,24 @@ class ScaleOut:
     async def recover(self) -> bool:
         """If the store's marker changed (Redis came back empty), write back the nodes, routes
         and task-table entries this instance holds in memory. True if it did."""
-        marker = await self.store.marker()
-        if self.marker is None or marker == self.marker:
-            self.marker = marker
-            return False
-        self.marker = marker
-        nodes, routes, tasks = self.registry.nodes(), self.routes.all(), self.table.entries()
+        async with self._recovering:  # a second caller waits for the write-back to finish
+            marker = await self.store.marker()
+            if self.marker is None or marker == self.marker:
+                self.marker = marker
+                return False
+            await self._write_back()
+            self.marker = marker  # only now: until then every read of the store is suspect
+            return True
+
+    async def _write_back(self) -> None:
+        """Pending task entries only from the instance dispatching them (its copy is the newest;
+        another instance's may be older than the task's landing and would start it again)."""
+        nodes, routes = self.registry.nodes(), self.routes.all()
+        tasks = [
+            t
+            for t in self.table.entries()
+            if t.stage not in PENDING or self.dispatcher.active(t.uuid)
+        ]
         log.warning(
             "the shared store lost its state (restarted empty?); writing back what this "
             "instance knows: %d nodes, %d routes, %d task-table entries",
@@ -220,7 +233,6 @@ class ScaleOut:
             await self.store.put_task(task)
         self.recoveries += 1
         await self.announce("nodes")
-        return True
 
     async def reload_nodes(self) -> None:
         """Re-read the node list, unless the store lost its state meanwhile (then the memory

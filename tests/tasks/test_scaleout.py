@@ -54,7 +54,10 @@ async def three(
         await cluster_factory(store=url, data_dir=staging, scale_out=settings, **overrides)
         for _ in range(2)
     ]
-    return [first, *rest]
+    clusters = [first, *rest]
+    if nodes:  # the others loaded the node before its first /info was stored: wait for it
+        await eventually(lambda: all(c.registry.online_nodes() for c in clusters), timeout_s=5)
+    return clusters
 
 
 async def json_of(resp: aiohttp.ClientResponse) -> Any:
