@@ -17,7 +17,7 @@ import pytest
 from aiohttp import FormData
 
 from clusterodm.app import Cluster
-from clusterodm.config import DispatchSettings, ScaleOutSettings
+from clusterodm.config import DispatchSettings, FailoverSettings, ScaleOutSettings
 from clusterodm.model import TaskStage, TaskStatus
 from clusterodm.store.redis import RedisStore
 from clusterodm.tasks.scaleout import ScaleOut, task_key
@@ -475,3 +475,52 @@ async def test_a_redis_that_restarts_empty_gets_the_state_written_back(
             assert await code(s, cluster.url, uuid) == 40
         again = await new_task(s, c.url)
         await eventually(lambda: _is(code(s, a.url, again), 40), timeout_s=10)
+
+
+async def test_a_users_concurrency_limit_counts_tasks_on_every_instance(
+    store_url: str,
+    tmp_path: Path,
+    simnode_factory: SimnodeFactory,
+    cluster_factory: ClusterFactory,
+) -> None:
+    users = tmp_path / "users.toml"
+    users.write_text('[[user]]\nname = "ann"\ntoken = "ann-token"\nmax_concurrent_tasks = 1\n')
+    sim = await simnode_factory(test_seconds=0.5, parallel=4)  # slots are not what limits
+    clusters = await three(
+        cluster_factory,
+        store_url,
+        tmp_path / "shared",
+        [sim],
+        dispatch=QUICK_QUEUE,
+        users_file=str(users),
+        failover=FailoverSettings(check_s=0.1),  # sees a finished task soon: ann may go on
+    )
+    most = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal most
+        while not done.is_set():
+            most = max(most, on_node(sim))
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    async with aiohttp.ClientSession() as s:
+
+        async def submit(url: str) -> str:
+            r = await s.post(f"{url}/task/new", data=images("x.jpg"), params={"token": "ann-token"})
+            body = await json_of(r)
+            assert "uuid" in body, body
+            return str(body["uuid"])
+
+        async def finished(uuid: str) -> bool:
+            r = await s.get(f"{clusters[0].url}/task/{uuid}/info", params={"token": "ann-token"})
+            return bool((await json_of(r)).get("status", {}).get("code") == 40)
+
+        uuids = await asyncio.gather(*(submit(c.url) for c in clusters))
+        for uuid in uuids:
+            await eventually(lambda u=uuid: finished(u), timeout_s=30, message="completed")
+    done.set()
+    await watcher
+    assert most == 1, "ann's limit of one task counts her tasks on all instances"
+    assert sorted(sim.tasks) == sorted(uuids)
