@@ -451,6 +451,7 @@ class UploadPipelines:
                 for path in files:
                     if path.name not in pipe.sent:
                         await self._send(pipe, path)
+            await self._flush(pipe)  # complete before the node is asked to start the task
             if pipe.error is not None:
                 raise pipe.error
             await self.client.init_task(pipe.node, uuid, dict(fields))
