@@ -6,9 +6,10 @@ The same scenario with real processes, pyodm and ``kill -9`` is in tests/e2e/tes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,31 @@ FAST = ScaleOutSettings(claim_ttl_s=1.5, scan_s=0.3)
 QUICK_QUEUE = DispatchSettings(
     backoff_base_s=0.05, backoff_max_s=0.2, queue_poll_s=0.1, early_forwarding=False
 )
+
+
+class Peak:
+    """The highest value a measure took."""
+
+    value = 0
+
+
+@contextlib.asynccontextmanager
+async def peak(measure: Callable[[], int]) -> AsyncIterator[Peak]:
+    """Poll ``measure`` every 5 ms while the block runs; its highest value."""
+    most = Peak()
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            most.value = max(most.value, measure())
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield most
+    finally:
+        done.set()
+        await watcher
 
 
 def scaleout(cluster: Cluster) -> ScaleOut:
@@ -327,24 +353,12 @@ async def test_a_one_slot_node_never_gets_two_tasks_from_three_instances(
     clusters = await three(
         cluster_factory, store_url, tmp_path / "shared", [sim], dispatch=QUICK_QUEUE
     )
-    most = 0
-    done = asyncio.Event()
-
-    async def watch() -> None:
-        nonlocal most
-        while not done.is_set():
-            most = max(most, on_node(sim))
-            await asyncio.sleep(0.005)
-
-    watcher = asyncio.create_task(watch())
-    async with aiohttp.ClientSession() as s:
+    async with peak(lambda: on_node(sim)) as most, aiohttp.ClientSession() as s:
         targets = [clusters[0], clusters[1], clusters[2], clusters[1], clusters[2]]
         uuids = await asyncio.gather(*(new_task(s, c.url) for c in targets))
         for uuid in uuids:
             await eventually(lambda u=uuid: _is(code(s, clusters[0].url, u), 40), timeout_s=30)
-    done.set()
-    await watcher
-    assert most == 1, "never two tasks on the node's one slot"
+    assert most.value == 1, "never two tasks on the node's one slot"
     assert sorted(sim.tasks) == sorted(uuids), "each task reached the node once"
     sent = [c.metrics.registry.get_sample_value("clusterodm_dispatches_total") for c in clusters]
     assert sum(x or 0 for x in sent) == len(uuids)
@@ -495,17 +509,7 @@ async def test_a_users_concurrency_limit_counts_tasks_on_every_instance(
         users_file=str(users),
         failover=FailoverSettings(check_s=0.1),  # sees a finished task soon: ann may go on
     )
-    most = 0
-    done = asyncio.Event()
-
-    async def watch() -> None:
-        nonlocal most
-        while not done.is_set():
-            most = max(most, on_node(sim))
-            await asyncio.sleep(0.005)
-
-    watcher = asyncio.create_task(watch())
-    async with aiohttp.ClientSession() as s:
+    async with peak(lambda: on_node(sim)) as most, aiohttp.ClientSession() as s:
 
         async def submit(url: str) -> str:
             r = await s.post(f"{url}/task/new", data=images("x.jpg"), params={"token": "ann-token"})
@@ -520,7 +524,5 @@ async def test_a_users_concurrency_limit_counts_tasks_on_every_instance(
         uuids = await asyncio.gather(*(submit(c.url) for c in clusters))
         for uuid in uuids:
             await eventually(lambda u=uuid: finished(u), timeout_s=30, message="completed")
-    done.set()
-    await watcher
-    assert most == 1, "ann's limit of one task counts her tasks on all instances"
+    assert most.value == 1, "ann's limit of one task counts her tasks on all instances"
     assert sorted(sim.tasks) == sorted(uuids)
