@@ -214,7 +214,7 @@ class UploadPipelines:
     async def _read_record(self, uuid: str) -> PipelineRecord | None:
         return PipelineRecord.parse(await self.store.get_meta(PIPELINE_META + uuid))
 
-    async def _join(self, uuid: str, record: PipelineRecord) -> Pipeline | None:
+    def _join(self, uuid: str, record: PipelineRecord) -> Pipeline | None:
         """This instance takes part in a pipeline another opened (or that it lost track of)."""
         node = self.registry.get(record.node)
         if record.broken or node is None:
@@ -234,7 +234,7 @@ class UploadPipelines:
         if record is None or record.broken:
             return False
         if pipe is None:
-            pipe = await self._join(uuid, record)
+            pipe = self._join(uuid, record)
             if pipe is None:
                 return False
         else:
@@ -261,7 +261,7 @@ class UploadPipelines:
                 async with self._record_lock(uuid):
                     record = await self._read_record(uuid)
                     if record is not None:
-                        return await self._join(uuid, record)
+                        return self._join(uuid, record)
                     return await self._open(uuid, fields)
             except NodeRejected as e:
                 log.info("task %s: no early forwarding: %s", uuid, e.message)
@@ -443,6 +443,7 @@ class UploadPipelines:
         either way the pipeline is over (its slot reservation passes to the caller on success).
         """
         pipe = self._pipes.pop(uuid)
+        self._opening.pop(uuid, None)
         ok = False
         try:
             if pipe.jobs:
