@@ -251,6 +251,15 @@ async def test_a_task_whose_claim_lapses_is_taken_over(
     assert sum(scaleout(c).takeovers for c in (a, b, _)) >= 1
 
 
+async def committed_while_node_hangs(s: aiohttp.ClientSession, a: Cluster, sim: Any) -> str:
+    """A task committed on ``a`` whose node then answers nothing: ``a``'s forwarding waits."""
+    uuid = (await json_of(await s.post(f"{a.url}/task/new/init", data=FormData({}))))["uuid"]
+    await json_of(await s.post(f"{a.url}/task/new/upload/{uuid}", data=images("x.jpg")))
+    sim.config.hang = True
+    assert await json_of(await s.post(f"{a.url}/task/new/commit/{uuid}")) == {"uuid": uuid}
+    return str(uuid)
+
+
 async def test_a_cancel_on_one_instance_stops_the_dispatch_on_another(
     store_url: str,
     tmp_path: Path,
@@ -260,10 +269,7 @@ async def test_a_cancel_on_one_instance_stops_the_dispatch_on_another(
     sim = await simnode_factory()
     a, b, _ = await three(cluster_factory, store_url, tmp_path / "shared", [sim])
     async with aiohttp.ClientSession() as s:
-        uuid = (await json_of(await s.post(f"{a.url}/task/new/init", data=FormData({}))))["uuid"]
-        await json_of(await s.post(f"{a.url}/task/new/upload/{uuid}", data=images("x.jpg")))
-        sim.config.hang = True  # the dispatch on a hangs
-        assert await json_of(await s.post(f"{a.url}/task/new/commit/{uuid}")) == {"uuid": uuid}
+        uuid = await committed_while_node_hangs(s, a, sim)
         assert a.deps.dispatcher.active(uuid)
         cancel = await s.post(f"{b.url}/task/cancel", data={"uuid": uuid})
         assert await json_of(cancel) == {"success": True}
@@ -432,10 +438,7 @@ async def test_a_cancel_written_during_forwarding_is_not_overwritten(
     sim = await simnode_factory()
     a, b, _ = await three(cluster_factory, store_url, tmp_path / "shared", [sim])
     async with aiohttp.ClientSession() as s:
-        uuid = (await json_of(await s.post(f"{a.url}/task/new/init", data=FormData({}))))["uuid"]
-        await json_of(await s.post(f"{a.url}/task/new/upload/{uuid}", data=images("x.jpg")))
-        sim.config.hang = True  # a's forwarding waits on the node
-        assert await json_of(await s.post(f"{a.url}/task/new/commit/{uuid}")) == {"uuid": uuid}
+        uuid = await committed_while_node_hangs(s, a, sim)
         await eventually(
             lambda: (t := a.deps.table.get(uuid)) is not None and t.stage is TaskStage.DISPATCHING,
             message="forwarding",
