@@ -24,7 +24,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
 from clusterodm.config import ScaleOutSettings
@@ -57,6 +57,21 @@ def stop_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+@contextlib.contextmanager
+def survived(outage: str, failure: str) -> Iterator[None]:
+    """One round of a background loop that must outlive the store going away (``outage`` is
+    logged as a warning) and its own bugs (``failure``, with the traceback); a cancellation
+    stays a cancellation."""
+    try:
+        yield
+    except StoreError as e:
+        stop_if_cancelled()
+        log.warning("%s: %s", outage, e.message)
+    except Exception:
+        stop_if_cancelled()
+        log.exception(failure)
 
 
 def task_key(uuid: str) -> str:
@@ -263,17 +278,14 @@ class ScaleOut:
     async def run_events(self) -> None:
         first = True
         while True:
-            try:
+            with survived(
+                "notices from other instances interrupted",
+                "handling a notice from another instance failed",
+            ):
                 async for event in self.coordination.events():
                     await self.on_event(event, first)
                     if event == "":
                         first = False
-            except StoreError as e:
-                stop_if_cancelled()
-                log.warning("notices from other instances interrupted: %s", e.message)
-            except Exception:
-                stop_if_cancelled()
-                log.exception("handling a notice from another instance failed")
             await asyncio.sleep(RESUBSCRIBE_S)
 
     # --- scan --------------------------------------------------------------------------------
@@ -322,11 +334,5 @@ class ScaleOut:
     async def run_scan(self) -> None:
         while True:
             await asyncio.sleep(self.settings.scan_s)
-            try:
+            with survived("scan of the shared state failed", "scan of the shared state failed"):
                 await self.scan_once()
-            except StoreError as e:
-                stop_if_cancelled()
-                log.warning("scan of the shared state failed: %s", e.message)
-            except Exception:
-                stop_if_cancelled()
-                log.exception("scan of the shared state failed")
