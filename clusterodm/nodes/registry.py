@@ -47,6 +47,7 @@ class NodeRegistry:
         self._reserved: dict[str, int] = {}  # shared store: slots every instance has taken
         self._last_chosen: dict[str, int] = {}
         self._turn = 0
+        self._generation = 0  # bumped by every change this instance makes to the list
         self.listeners: list[Callable[[], Any]] = []
         #: set with a shared store: tells the other instances the list changed (``nodes``)
         self.announce: Callable[[str], Awaitable[None]] | None = None
@@ -57,11 +58,19 @@ class NodeRegistry:
     async def load(self) -> None:
         self._nodes = await self._store.list_nodes()
 
-    async def reload(self, fresh: list[Node] | None = None) -> None:
-        """Take the store's list (shared store), or ``fresh``, a list just read from it. A node
-        this instance saw fail counts as offline until a newer refresh than the one it failed
-        after is stored."""
-        if fresh is None:
+    @property
+    def generation(self) -> int:
+        """Read before reading the store's list, handed to :meth:`reload` with it."""
+        return self._generation
+
+    async def reload(self, fresh: list[Node] | None = None, seen: int | None = None) -> None:
+        """Take the store's list (shared store), or ``fresh``, a list just read from it when
+        :attr:`generation` was ``seen``. A list read before a change this instance made since
+        is stale (it would drop a node just added), so it is read again. A node this instance
+        saw fail counts as offline until a newer refresh than the one it failed after is
+        stored."""
+        while fresh is None or seen != self._generation:
+            seen = self._generation
             fresh = await self._store.list_nodes()
         before = {n.key: n for n in self._nodes}
         for node in fresh:
@@ -185,6 +194,7 @@ class NodeRegistry:
             raise InvalidRequest(f"Node {node_key(hostname, port)} already exists")
         node = Node(hostname=hostname, port=port, token=token, machine=machine)
         await self._store.put_node(node)
+        self._generation += 1  # after the write: a list read before it is stale
         self._nodes.append(node)
         self._notify()
         await self._announce()
@@ -196,6 +206,7 @@ class NodeRegistry:
         if node is None:
             return None
         await self._store.delete_node(key)
+        self._generation += 1
         self._nodes = [n for n in self._nodes if n.key != key]
         self._failed.discard(key)
         self._notify()
@@ -244,6 +255,7 @@ class NodeRegistry:
             node = stored
         updated = dataclasses.replace(node, **changes)
         await self._store.put_node(updated)
+        self._generation += 1
         self._replace(updated)
         self._notify()
         return updated

@@ -252,9 +252,10 @@ class ScaleOut:
     async def reload_nodes(self) -> None:
         """Re-read the node list, unless the store lost its state meanwhile (then the memory
         copy is what was just written back)."""
+        seen = self.registry.generation
         nodes = await self.store.list_nodes()
         if not await self.recover():
-            await self.registry.reload(nodes)
+            await self.registry.reload(nodes, seen)
 
     # --- notices from other instances --------------------------------------------------------
     async def on_event(self, event: str, first: bool) -> None:
@@ -293,10 +294,11 @@ class ScaleOut:
         """Re-read nodes, task table, places and queue; start the pending tasks nobody holds.
         Answers how many."""
         await self.recover()
+        seen = self.registry.generation
         nodes, tasks = await self.store.list_nodes(), await self.store.list_tasks()
         if await self.recover():
             return 0  # the store lost its state while it was read: that read is not the cluster
-        await self.registry.reload(nodes)
+        await self.registry.reload(nodes, seen)
         self.table.sync(tasks, keep=self.dispatcher.active)
         await self.count_shared(tasks)
         pending = [t.uuid for t in tasks if t.stage in PENDING]

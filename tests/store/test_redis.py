@@ -340,3 +340,20 @@ async def test_events_end_with_a_store_error_when_redis_goes(own_server: RedisSe
                 await store.claim("leader", "a", 1000)
     finally:
         await store.close()
+
+
+async def test_a_node_list_read_before_a_local_add_does_not_drop_the_node(
+    rstore: RedisStore,
+) -> None:
+    """A shared-store round reads the list, then a node is added here, then the round applies
+    what it read: the node must stay (a race seen as a node vanishing right after ``add``)."""
+    from clusterodm.nodes.registry import NodeRegistry
+
+    registry = NodeRegistry(rstore)
+    seen = registry.generation
+    stale = await rstore.list_nodes()
+    await registry.add("127.0.0.1", 3001)
+    await registry.reload(stale, seen)
+    assert [n.key for n in registry.nodes()] == ["127.0.0.1:3001"]
+    await registry.reload([], registry.generation)  # a list read after: taken as it is
+    assert registry.nodes() == []
