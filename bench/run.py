@@ -500,6 +500,7 @@ def bench_upload(ctx: Context, figures: dict[str, Any]) -> None:
     figures["upload_s_direct"] = median([r["seconds"] for r in direct])
     figures["upload_s_cluster"] = median([r["seconds"] for r in proxied])
     figures["upload_ratio"] = figures["upload_s_cluster"] / figures["upload_s_direct"]
+    figures["upload_cpu_s_client"] = median([r["client_cpu_s"] for r in direct + proxied])
     for part in ("upload_s", "commit_s", "to_running_s"):
         figures[f"upload_{part}_parts_cluster"] = median([r[part] for r in proxied])
         figures[f"upload_{part}_parts_direct"] = median([r[part] for r in direct])
@@ -697,7 +698,8 @@ def render(figures: dict[str, Any], table: list[Goal]) -> str:
     if cluster_cpu is not None and not math.isnan(cluster_cpu):
         lines.append(
             f"CPU per upload of {figures['upload_images']} images: cluster {cluster_cpu:.2f} s,"
-            f" node {figures['upload_cpu_s_node']:.2f} s."
+            f" node {figures['upload_cpu_s_node']:.2f} s, upload client"
+            f" {figures.get('upload_cpu_s_client', math.nan):.2f} s."
         )
     return "\n".join(lines)
 

@@ -4,7 +4,14 @@
 at once, pyodm's default is 10), ``/task/new/commit``, then polls ``/task/<uuid>/info`` until the
 task runs on a node: on ``--node`` when given (the cluster keeps the uuid on the node). Prints
 JSON: seconds from the first upload byte to the first answer showing the task RUNNING (or
-already COMPLETED), and the upload's share of it. The task is then removed (not timed).
+already COMPLETED), the upload's share of it, and the client's own CPU time. The task is then
+removed (not timed).
+
+The uploads are written by a lean sender (``RawUploads``): keep-alive connections, each request
+a pre-built head and multipart framing around the same image bytes, written without copying
+them. The client shares the machine with the node (and the cluster), so the CPU it burns is
+taken from them: aiohttp's client spent about 0.7 s of CPU on 400 MB, this one about half of
+that (``--sender aiohttp`` keeps the old way, for comparison).
 
     python -m bench.upload URL --images 200 --size 2000000
 """
@@ -17,6 +24,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from typing import Any
 
 import aiohttp
@@ -24,8 +32,68 @@ import aiohttp
 RUNNING, FAILED, COMPLETED, CANCELED = 20, 30, 40, 50
 
 
+BOUNDARY = "benchuploadboundary7d3f9e2a"
+
+
+class RawUploads:
+    """``POST /task/new/upload/<uuid>`` requests over up to ``parallel`` keep-alive
+    connections, each a pre-built head, the multipart framing and the image bytes handed to
+    one ``writelines`` (no copy in Python). Answers must carry a Content-Length, as every
+    aiohttp server's JSON answer does."""
+
+    def __init__(self, url: str, query: str) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 80
+        self.base = parsed.path.rstrip("/")
+        self.query = query
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def upload(self, uuid: str, filename: str, body: bytes) -> Any:
+        preamble = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="images"; '
+            f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
+        ).encode()
+        closing = f"\r\n--{BOUNDARY}--\r\n".encode()
+        length = len(preamble) + len(body) + len(closing)
+        target = f"{self.base}/task/new/upload/{uuid}{self.query}"
+        head = (
+            f"POST {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"Content-Length: {length}\r\n\r\n"
+        ).encode()
+        if self.idle:
+            reader, writer = self.idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+        writer.writelines([head, preamble, body, closing])
+        await writer.drain()
+        status_line = await reader.readline()
+        length = None
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        if length is None or not status_line.startswith(b"HTTP/1.1 "):
+            raise RuntimeError(f"unexpected answer to an upload: {status_line!r}")
+        answer = json.loads(await reader.readexactly(length))
+        self.idle.append((reader, writer))
+        return answer
+
+    async def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
 async def run_upload(
-    url: str, images: int, size: int, parallel: int, token: str, node: str | None = None
+    url: str,
+    images: int,
+    size: int,
+    parallel: int,
+    token: str,
+    node: str | None = None,
+    sender: str = "raw",
 ) -> dict[str, Any]:
     """``node``: where the task will run, polled there (a cluster answers RUNNING for a task it
     still holds, before any node has it)."""
@@ -47,9 +115,16 @@ async def run_upload(
         for i in range(images):
             queue.put_nowait(i)
 
+        raw = RawUploads(url, "?" + urllib.parse.urlencode(query) if query else "")
+
         async def uploader() -> None:
             while not queue.empty():
                 i = queue.get_nowait()
+                if sender == "raw":
+                    reply = await raw.upload(uuid, f"IMG_{i:04d}.JPG", body)
+                    if reply != {"success": True}:
+                        raise RuntimeError(f"upload refused: {reply}")
+                    continue
                 data = aiohttp.FormData()
                 data.add_field(
                     "images", body, filename=f"IMG_{i:04d}.JPG", content_type="image/jpeg"
@@ -61,9 +136,11 @@ async def run_upload(
                 if reply != {"success": True}:
                     raise RuntimeError(f"upload refused: {reply}")
 
+        cpu_before = time.process_time()
         started = time.monotonic()
         await asyncio.gather(*(uploader() for _ in range(parallel)))
         uploaded = time.monotonic()
+        await raw.close()
         async with http.post(f"{url}/task/new/commit/{uuid}", params=query) as response:
             reply = await response.json(content_type=None)
         if reply.get("uuid") != uuid:
@@ -83,6 +160,7 @@ async def run_upload(
                 raise RuntimeError("task did not start within 30 minutes")
             await asyncio.sleep(0.02)
         running = time.monotonic()
+        cpu_s = time.process_time() - cpu_before
         # Not timed: remove the task, so that every run meets a node (and a cluster) in the same
         # state; tasks left running would make each later run slower than the one before.
         async with http.post(f"{url}/task/remove", data={"uuid": uuid}, params=query) as response:
@@ -96,6 +174,7 @@ async def run_upload(
         "commit_s": committed - uploaded,
         "to_running_s": running - committed,
         "polls": polls,
+        "client_cpu_s": cpu_s,
     }
 
 
@@ -107,10 +186,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=10)
     parser.add_argument("--token", default="")
     parser.add_argument("--node", default=None, help="poll the task here (the node it runs on)")
+    parser.add_argument(
+        "--sender", choices=("raw", "aiohttp"), default="raw", help="how uploads are written"
+    )
     args = parser.parse_args(argv)
     node = args.node.rstrip("/") if args.node else None
     result = asyncio.run(
-        run_upload(args.url.rstrip("/"), args.images, args.size, args.parallel, args.token, node)
+        run_upload(
+            args.url.rstrip("/"),
+            args.images,
+            args.size,
+            args.parallel,
+            args.token,
+            node,
+            args.sender,
+        )
     )
     json.dump(result, sys.stdout)
     print()
