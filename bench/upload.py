@@ -70,14 +70,20 @@ class RawUploads:
         await writer.drain()
         status_line = await reader.readline()
         length = None
+        keep_alive = True
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
             if name.strip().lower() == "content-length":
                 length = int(value)
+            elif name.strip().lower() == "connection" and "close" in value.lower():
+                keep_alive = False
         if length is None or not status_line.startswith(b"HTTP/1.1 "):
             raise RuntimeError(f"unexpected answer to an upload: {status_line!r}")
         answer = json.loads(await reader.readexactly(length))
-        self.idle.append((reader, writer))
+        if keep_alive:
+            self.idle.append((reader, writer))
+        else:
+            writer.close()
         return answer
 
     async def close(self) -> None:
