@@ -29,6 +29,10 @@ from clusterodm.store.base import Store
 log = logging.getLogger(__name__)
 
 
+RELOAD_TRIES = 5
+"""Reads of the shared node list a reload makes while this instance keeps changing it."""
+
+
 class NodeRegistry:
     """Nodes in list order (1-based numbers for the admin), with runtime state."""
 
@@ -66,12 +70,16 @@ class NodeRegistry:
     async def reload(self, fresh: list[Node] | None = None, seen: int | None = None) -> None:
         """Take the store's list (shared store), or ``fresh``, a list just read from it when
         :attr:`generation` was ``seen``. A list read before a change this instance made since
-        is stale (it would drop a node just added), so it is read again. A node this instance
-        saw fail counts as offline until a newer refresh than the one it failed after is
-        stored."""
-        while fresh is None or seen != self._generation:
+        is stale (it would drop a node just added), so it is read again, a few times at most
+        (then the list stays as it is until the next reload). A node this instance saw fail
+        counts as offline until a newer refresh than the one it failed after is stored."""
+        for _ in range(RELOAD_TRIES):
+            if fresh is not None and seen == self._generation:
+                break
             seen = self._generation
             fresh = await self._store.list_nodes()
+        else:
+            return
         before = {n.key: n for n in self._nodes}
         for node in fresh:
             old = before.get(node.key)
