@@ -21,6 +21,7 @@ from clusterodm.cli import parse_settings
 from clusterodm.config import ConfigError, Settings
 from clusterodm.errors import StoreError
 from clusterodm.model import Node, Route
+from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.store.base import Store
 from clusterodm.store.redis import (
     DEFAULT_PREFIX,
@@ -347,8 +348,6 @@ async def test_a_node_list_read_before_a_local_add_does_not_drop_the_node(
 ) -> None:
     """A shared-store round reads the list, then a node is added here, then the round applies
     what it read: the node must stay (a race seen as a node vanishing right after ``add``)."""
-    from clusterodm.nodes.registry import NodeRegistry
-
     registry = NodeRegistry(rstore)
     seen = registry.generation
     stale = await rstore.list_nodes()
