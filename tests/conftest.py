@@ -12,6 +12,7 @@ import pytest
 from clusterodm.app import Cluster, start_cluster
 from clusterodm.config import DispatchSettings, Settings
 from clusterodm.simnode import SimNode, SimNodeConfig, start_simnode
+from tests.realnode import RealNode, start_real_node
 from tests.redis_server import RedisServer, flush_all, redis_server_or_skip
 
 SimnodeFactory = Callable[..., Awaitable[SimNode]]
@@ -31,6 +32,36 @@ async def simnode_factory() -> AsyncIterator[SimnodeFactory]:
     yield make
     for node in started:
         await node.stop()
+
+
+@pytest.fixture
+async def real_node_factory() -> AsyncIterator[Callable[..., Awaitable[RealNode]]]:
+    """Start real NodeODM nodes: ``await real_node_factory(test_seconds=1, token="x")``.
+
+    Skips (fails under CI) without ``NODEODM_SH``; every node started is stopped afterwards.
+    """
+    started: list[RealNode] = []
+
+    async def make(**config: Any) -> RealNode:
+        node = await start_real_node(**config)
+        started.append(node)
+        return node
+
+    yield make
+    for node in started:
+        await node.stop()
+
+
+@pytest.fixture(params=["sim", "real"])
+def node_factory(request: pytest.FixtureRequest) -> Callable[..., Awaitable[Any]]:
+    """Start nodes of one kind per test run: the simulated node, then the real NodeODM.
+
+    Both take the flags they share (``test_seconds``, ``token``, ``max_images``, ``parallel``);
+    a test written against this fixture runs twice, once per kind (``node.kind`` says which).
+    """
+    factory_name = "simnode_factory" if request.param == "sim" else "real_node_factory"
+    factory: Callable[..., Awaitable[Any]] = request.getfixturevalue(factory_name)
+    return factory
 
 
 def test_settings(data_dir: Path, **overrides: Any) -> Settings:

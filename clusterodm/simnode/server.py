@@ -27,6 +27,8 @@ _SHUTDOWN_TIMEOUT_S = 1.0
 class SimNode:
     """A running simulated node; use :func:`start_simnode` to get one."""
 
+    kind = "sim"  # beside the real NodeODM in tests that run against both
+
     def __init__(self, context: NodeContext, runner: web.AppRunner, host: str, port: int) -> None:
         self._context = context
         self._runner = runner
