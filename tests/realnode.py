@@ -138,7 +138,7 @@ def start_real_node_sync(config: RealNodeConfig | None = None) -> RealNode:
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix=f"nodeodm-{port}-"))
     env = {**os.environ, "NODEODM_WORK": str(work)}
-    log = open(work / "node.log", "wb")  # noqa: SIM115 - owned by the process
+    log = open(work / "node.log", "wb")
     process = subprocess.Popen(
         [script, str(port), *config.flags()],
         stdout=log,
