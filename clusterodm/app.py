@@ -435,7 +435,14 @@ async def start_admin(cluster: Cluster) -> None:
     s = cluster.settings
     commands = AdminCommands(cluster.deps, cluster.extra.get("autoscaler"))
     if s.admin_cli_port:
-        cli = await start_cli(commands, s.bind, s.admin_cli_port, s.admin_pass)
+        cli = await start_cli(
+            commands,
+            s.bind,
+            s.admin_cli_port,
+            s.admin_pass,
+            idle_timeout_s=s.admin_cli_idle_s,
+            max_per_address=s.admin_cli_max_per_address,
+        )
         cluster.extra["admin-cli"] = cli
         cluster.closers.append(cli.close)
     if s.admin_web_port:

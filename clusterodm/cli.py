@@ -24,6 +24,8 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "admin-cli-port": ("admin_cli_port", int),
     "admin-web-port": ("admin_web_port", int),
     "admin-pass": ("admin_pass", str),
+    "admin-cli-idle-timeout": ("admin_cli_idle_s", float),
+    "admin-cli-max-per-address": ("admin_cli_max_per_address", int),
     "log-level": ("log_level", str),
     "cloud-provider": ("cloud_provider", str),
     "token": ("token", str),
@@ -65,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     a("--admin-cli-port", type=int, default=S, help="admin CLI (telnet) port, 0 = off (8080)")
     a("--admin-web-port", type=int, default=S, help="admin web port, 0 = off (default 10000)")
     a("--admin-pass", default=S, help="password for the admin CLI and web page")
+    a(
+        "--admin-cli-idle-timeout",
+        type=float,
+        default=S,
+        metavar="SECONDS",
+        help="close admin CLI sessions idle this long (default 3600)",
+    )
+    a(
+        "--admin-cli-max-per-address",
+        type=int,
+        default=S,
+        help="admin CLI sessions one address may hold; more replace its idlest (default 8)",
+    )
     a("--log-level", choices=LOG_LEVELS, default=S, help="logging level (default info)")
     a("-c", "--cloud-provider", default=S, help="access provider: local | lightning")
     a("--token", default=S, help="token clients must pass (?token=) with the local provider")

@@ -89,6 +89,8 @@ class Settings:
     admin_cli_port: int = 8080
     admin_web_port: int = 10000
     admin_pass: str = ""
+    admin_cli_idle_s: float = 3600.0  # an admin CLI session silent this long is closed
+    admin_cli_max_per_address: int = 8  # admin CLI sessions from one address at once
     log_level: str = "info"
     cloud_provider: str = "local"
     token: str = ""
@@ -128,6 +130,10 @@ class Settings:
                 raise ConfigError(f"{_flag(name)}: {value} is not a port number")
         if self.secure_port is not None and not 0 <= self.secure_port <= 65535:
             raise ConfigError(f"--secure-port: {self.secure_port} is not a port number")
+        if not 0 < self.admin_cli_idle_s <= 7 * 86400:
+            raise ConfigError("--admin-cli-idle-timeout must be from 1 second to 7 days")
+        if not 1 <= self.admin_cli_max_per_address <= 64:
+            raise ConfigError("--admin-cli-max-per-address must be from 1 to 64")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(
                 f"--log-level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}"

@@ -126,7 +126,9 @@ class Node:
     def base_url(self) -> str:
         """https only on port 443, as the original and pyodm decide."""
         scheme = "https" if self.port == 443 else "http"
-        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
+        host = self.hostname
+        if ":" in host and not host.startswith("["):  # records from before brackets were kept
+            host = f"[{host}]"
         return f"{scheme}://{host}:{self.port}"
 
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from clusterodm import __version__
 from clusterodm.errors import ClusterError, InvalidRequest, NodeError, TaskNotFound
 from clusterodm.model import Node, Route, TaskEntry, TaskStatus
+from clusterodm.nodes.address import check_port
 from clusterodm.proxy.deps import ProxyDeps
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ TASK_QUERY_CONCURRENCY = 16
 """Nodes asked for task info at once by TASK LIST and the web page's task table."""
 TASK_QUERY_TIMEOUT_S = 5.0
 """A node slower than this to describe one task is left out of a listing, not waited for."""
+ADD_PROBE_WAIT_S = 5.0
+"""NODE ADD waits this long for the new node's first /info before answering."""
 TASK_LIST_MAX = 1000
 """TASK LIST asks nodes about at most this many routes (most recently used first)."""
 
@@ -159,11 +162,16 @@ class AdminCommands:
             raise NodeOutOfRange(f"No node number {number}")
         return NodeView(number, node, self.deps.registry.is_online(node))
 
-    async def node_add(self, hostname: str, port: int, token: str = "") -> NodeView:
-        """Add and persist a node, then ask the health monitor to probe it now."""
-        node = await self.deps.registry.add(hostname, port, token)
-        self.deps.health.wake()
-        return NodeView(self.deps.registry.number_of(node.key), node, False)
+    async def node_add(self, hostname: str, port: int | str, token: str = "") -> NodeView:
+        """Add and persist a node (BadAddress for a host or port that cannot be a node's), then
+        probe it at once, so the next NODE LIST shows its real state; a node slower than
+        ``ADD_PROBE_WAIT_S`` is answered for as not yet online and probed on in the background.
+        """
+        reg = self.deps.registry
+        node = await reg.add(hostname, check_port(port), token)
+        await self.deps.health.refresh_now(node, ADD_PROBE_WAIT_S)
+        current = reg.get(node.key) or node
+        return NodeView(reg.number_of(node.key), current, reg.is_online(current))
 
     async def node_del(self, number: int) -> NodeView:
         """Remove a node and its routes (the store drops them; memory is cleared here)."""
@@ -345,15 +353,15 @@ class AdminCommands:
     async def task_output(self, uuid: str, line: int = 0) -> Any:
         return await self.deps.actions.output(uuid, None, line)
 
-    async def task_action(self, action: str, uuid: str) -> bool:
-        """cancel / remove; True when the node (or the proxy, for held tasks) says success."""
+    async def task_action(self, action: str, uuid: str) -> dict[str, Any]:
+        """cancel / remove: the node's answer (or the proxy's, for held tasks) as NodeODM gives
+        it, ``{"success": true}`` or ``{"error": ...}``; TaskNotFound for an unknown task."""
         if action not in ("cancel", "remove"):
             raise InvalidRequest(f"Unknown task action {action!r}")
         answer = await self.deps.actions.act(action, uuid, None)
-        if answer.get("success") is True:
-            return True
-        log.info("task %s of %s refused: %s", action, uuid, answer.get("error"))
-        return False
+        if answer.get("success") is not True:
+            log.info("task %s of %s refused: %.200s", action, uuid, answer.get("error"))
+        return answer
 
     # --- autoscaler ----------------------------------------------------------------------
     def asr_view_command(self, images: int) -> str:

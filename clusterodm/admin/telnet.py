@@ -1,25 +1,30 @@
 """Admin CLI: the original's line protocol over plain TCP (telnet, ``nc``), on ``--admin-cli-port``.
 
-Owns the wire: greeting, ``LOGIN``, prompts, line framing, ``!!`` and the reply shapes
-(``OK`` / ``FAIL`` / ``INVALID`` / pretty JSON / NODE LIST lines), every line ending in CRLF.
-What a command does lives in ``commands.py``; this module only parses arguments and prints.
+Owns the wire: greeting, ``LOGIN``, prompts, line framing, ``!!``, every line ending in CRLF, and
+the limits that keep the CLI from hurting the proxy that shares its event loop. What a command
+does and which reply it gets lives in ``cli_commands.py`` (reply codes as the original's).
 
 Deliberate differences from the original, all compatible with scripts that parse its replies:
 
 - original: each TCP read is one command, so two lines in one packet garble; here input is split
-  into lines (CRLF or LF) and every line is one command, answered in order.
+  into lines (CRLF or LF) and every line is one command, answered in order. The session yields
+  to the event loop after every line, so a flood of lines in one write (200,000 ``\n``) never
+  delays the proxy's HTTP.
 - original: any input before ``LOGIN`` closes the connection; here only a wrong password does
-  (logged with the peer), anything else is answered with a hint.
+  (logged with the peer), anything else is answered with a hint, up to ``PRE_LOGIN_LINES``
+  lines.
 - original: a client that leaves mid-command logs an uncaught EPIPE; here it is a debug line.
 - original: an empty line answers ``INVALID``; here it just prompts again.
-- original: ``NODE INFO`` / ``ROUTE INFO`` / ``TASK *`` on an unknown node or task answer
-  ``INVALID``; here ``FAIL`` (the arguments were well-formed, the target is missing), and
-  ``TASK CANCEL`` / ``TASK REMOVE`` answer ``OK`` / ``FAIL`` instead of the node's raw JSON.
 - Lines longer than ``LINE_LIMIT_BYTES`` answer ``INVALID`` and are discarded; the connection
-  stays usable. At most ``MAX_CONNECTIONS`` sessions at once, and idle sessions time out, so
-  admin clients cannot starve the proxy sharing this event loop.
+  stays usable.
+- Limits (none in the original), so admins can always get in: at most ``max_connections``
+  sessions, ``max_per_address`` from one address; idle sessions are closed after
+  ``idle_timeout_s`` (``--admin-cli-idle-timeout``), sessions not logged in after
+  ``LOGIN_TIMEOUT_S``. A connection over a limit takes the place of the longest-idle session of
+  its own address (per-address limit) or of the address holding the most sessions (total
+  limit); only when no session can give way is it refused.
 
-Imports ``admin.commands`` and the error families only.
+Imports ``admin.cli_commands`` and ``admin.commands`` only.
 """
 
 from __future__ import annotations
@@ -27,33 +32,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import time
 from typing import Any
 
 from clusterodm import __version__
+from clusterodm.admin.cli_commands import FAIL, INVALID, OK, execute
 from clusterodm.admin.commands import NAME, AdminCommands
-from clusterodm.errors import ClusterError
 
 log = logging.getLogger(__name__)
 
 LINE_LIMIT_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 16 * 1024
 MAX_CONNECTIONS = 64
+MAX_PER_ADDRESS = 8
+"""Default for ``--admin-cli-max-per-address``."""
 LOGIN_TIMEOUT_S = 60.0
 """A connection that has not logged in by then is closed (it holds a connection slot)."""
 IDLE_TIMEOUT_S = 3600.0
+"""Default for ``--admin-cli-idle-timeout``: a logged-in session silent this long is closed."""
+PRE_LOGIN_LINES = 100
+"""Lines answered before LOGIN; then the connection is closed (the original closes at once)."""
 WRITE_TIMEOUT_S = 30.0
 """A client that stops reading its replies is dropped rather than buffered forever."""
+
+CLOSE_GRACE_S = 2.0
+"""On shutdown, sessions in the middle of a command get this long before they are cancelled."""
 
 CRLF = "\r\n"
 PROMPT = "#> "
 LOGIN_PROMPT = "$> "
-OK = ["OK"]
-FAIL = ["FAIL"]
-INVALID = ["INVALID"]
+TOO_MANY = "Too many admin connections, try again later"
+EVICTED = "Closed: too many admin connections"
 
 
 class TooLong:
@@ -106,214 +116,6 @@ class LineReader:
             self._buf += chunk
 
 
-class Invalid(Exception):
-    """Malformed arguments: the reply is ``INVALID``."""
-
-
-Handler = Callable[[AdminCommands, list[str]], Awaitable[list[str]]]
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    name: str
-    usage: str
-    help: str
-    handler: Handler
-
-
-COMMANDS: dict[str, Command] = {}
-
-
-def command(name: str, usage: str, help: str) -> Callable[[Handler], Handler]:
-    """Register a handler under ``name`` ("NODE ADD"); ``usage`` and ``help`` make HELP."""
-
-    def register(handler: Handler) -> Handler:
-        COMMANDS[name] = Command(name, usage, help, handler)
-        return handler
-
-    return register
-
-
-def _int(value: str, minimum: int = 0) -> int:
-    try:
-        number = int(value, 10)
-    except ValueError:
-        raise Invalid(f"not a number: {value!r}") from None
-    if number < minimum:
-        raise Invalid(f"must be at least {minimum}: {number}")
-    return number
-
-
-def _need(args: list[str], count: int) -> None:
-    if len(args) < count:
-        raise Invalid("missing arguments")
-
-
-def pretty_json(value: Any) -> list[str]:
-    """As the original's ``JSON.stringify(value, null, 2)``, one list item per line."""
-    return json.dumps(value, indent=2, ensure_ascii=False).split("\n")
-
-
-def _ok(flag: bool) -> list[str]:
-    return OK if flag else FAIL
-
-
-@command("NODE ADD", "<hostname> <port> [token]", "Add new node")
-async def _node_add(cmds: AdminCommands, args: list[str]) -> list[str]:
-    _need(args, 2)
-    port = _int(args[1], 1)
-    if port > 65535:
-        raise Invalid("port out of range")
-    await cmds.node_add(args[0], port, args[2] if len(args) > 2 else "")
-    return OK
-
-
-@command("NODE DEL", "<node number>", "Remove a node")
-async def _node_del(cmds: AdminCommands, args: list[str]) -> list[str]:
-    _need(args, 1)
-    await cmds.node_del(_int(args[0], 1))
-    return OK
-
-
-@command("NODE INFO", "<node number>", "View node info")
-async def _node_info(cmds: AdminCommands, args: list[str]) -> list[str]:
-    _need(args, 1)
-    return pretty_json(cmds.node_info(_int(args[0], 1)))
-
-
-@command("NODE LIST", "", "List nodes")
-async def _node_list(cmds: AdminCommands, args: list[str]) -> list[str]:
-    return [view.line() for view in cmds.nodes()] + [""]
-
-
-@command("NODE LOCK", "<node number>", "Stop forwarding tasks to this node")
-async def _node_lock(cmds: AdminCommands, args: list[str]) -> list[str]:
-    _need(args, 1)
-    await cmds.node_lock(_int(args[0], 1), True)
-    return OK
-
-
-@command("NODE UNLOCK", "<node number>", "Resume forwarding tasks to this node")
-async def _node_unlock(cmds: AdminCommands, args: list[str]) -> list[str]:
-    _need(args, 1)
-    await cmds.node_lock(_int(args[0], 1), False)
-    return OK
-
-
-@command("NODE UPDATE", "", "Update all nodes info")
-async def _node_update(cmds: AdminCommands, args: list[str]) -> list[str]:
-    await cmds.node_update()
-    return OK
-
-
-@command("NODE BEST", "<number of images>", "Show best node for the number of images")
-async def _node_best(cmds: AdminCommands, args: list[str]) -> list[str]:
-    _need(args, 1)
-    view = cmds.node_best(_int(args[0], 0))
-    return [view.line()] if view is not None else FAIL
-
-
-@command("ROUTE INFO", "<taskId>", "Find route information for task")
-async def _route_info(cmds: AdminCommands, args: list[str]) -> list[str]:
-    _need(args, 1)
-    return pretty_json(cmds.route_info(args[0]))
-
-
-@command("ROUTE LIST", "[node number]", "List routes")
-async def _route_list(cmds: AdminCommands, args: list[str]) -> list[str]:
-    number = _int(args[0], 1) if args else None
-    return pretty_json(cmds.route_list(number))
-
-
-@command("TASK LIST", "[node number]", "List tasks")
-async def _task_list(cmds: AdminCommands, args: list[str]) -> list[str]:
-    number = _int(args[0], 1) if args else None
-    return pretty_json(await cmds.task_list(number))
-
-
-@command("TASK INFO", "<taskId>", "View task info")
-async def _task_info(cmds: AdminCommands, args: list[str]) -> list[str]:
-    _need(args, 1)
-    return pretty_json(await cmds.task_info(args[0]))
-
-
-@command("TASK OUTPUT", "<taskId> [lines]", "View task output")
-async def _task_output(cmds: AdminCommands, args: list[str]) -> list[str]:
-    _need(args, 1)
-    line = 0
-    if len(args) > 1:
-        try:
-            line = int(args[1], 10)
-        except ValueError:
-            raise Invalid(f"not a number: {args[1]!r}") from None
-    output = await cmds.task_output(args[0], line)
-    if isinstance(output, list):
-        return [str(x) for x in output]
-    return pretty_json(output)
-
-
-@command("TASK CANCEL", "<taskId>", "Cancel task")
-async def _task_cancel(cmds: AdminCommands, args: list[str]) -> list[str]:
-    _need(args, 1)
-    return _ok(await cmds.task_action("cancel", args[0]))
-
-
-@command("TASK REMOVE", "<taskId>", "Remove task")
-async def _task_remove(cmds: AdminCommands, args: list[str]) -> list[str]:
-    _need(args, 1)
-    return _ok(await cmds.task_action("remove", args[0]))
-
-
-@command("ASR VIEWCMD", "<number of images>", "View command used to create a machine")
-async def _asr_viewcmd(cmds: AdminCommands, args: list[str]) -> list[str]:
-    _need(args, 1)
-    return cmds.asr_view_command(_int(args[0], 0)).split("\n")
-
-
-def help_lines() -> list[str]:
-    lines = []
-    for c in COMMANDS.values():
-        usage = f" {c.usage}" if c.usage else ""
-        lines.append(f"{c.name}{usage} - {c.help}")
-    lines.append("!! - Repeat last command")
-    lines.append("QUIT - Close this connection")
-    return lines
-
-
-def find(words: list[str]) -> tuple[Command | None, list[str]]:
-    """The command named by the first one or two words (any case), and its arguments."""
-    if len(words) >= 2:
-        found = COMMANDS.get(f"{words[0]} {words[1]}".upper())
-        if found is not None:
-            return found, words[2:]
-    return None, words[1:]
-
-
-async def execute(cmds: AdminCommands, line: str) -> list[str]:
-    """Run one command line; every outcome is a list of reply lines (never an exception)."""
-    words = line.split()
-    if not words:
-        return []
-    if words[0].upper() == "HELP":
-        return help_lines()
-    found, args = find(words)
-    if found is None:
-        return INVALID
-    try:
-        return await found.handler(cmds, args)
-    except Invalid as e:
-        log.debug("admin CLI: %s: %s", found.name, e)
-        return INVALID
-    except ClusterError as e:
-        log.info("admin CLI: %s failed: %s", found.name, e.message)
-        return FAIL
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("admin CLI: %s crashed", found.name)
-        return FAIL
-
-
 def password_matches(given: str, expected: str) -> bool:
     """Constant-time, so response timing does not leak how much of a guess was right."""
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
@@ -328,14 +130,27 @@ class Session:
         password: str,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         self.cmds = cmds
         self.password = password
         self.lines = LineReader(reader)
         self.writer = writer
+        self.idle_timeout_s = idle_timeout_s
         self.logged_in = not password
         self.last = ""
         self.peer = _peer_name(writer)
+        self.address = _peer_address(writer)
+        #: waiting for input since (monotonic); None while a line is being answered
+        self.idle_since: float | None = time.monotonic()
+        self.task: asyncio.Task[Any] | None = None
+        self._pre_login = 0
+
+    def evict(self) -> None:
+        """Say why and close the connection; ``run`` then sees the end of input and returns."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.writer.write((EVICTED + CRLF).encode())
+        self.writer.close()
 
     async def send(self, lines: list[str], prompt: bool = False) -> None:
         text = "".join(line + CRLF for line in lines)
@@ -352,23 +167,37 @@ class Session:
         greeting.append("QUIT to quit")
         await self.send(greeting, prompt=True)
         while True:
-            timeout_s = IDLE_TIMEOUT_S if self.logged_in else LOGIN_TIMEOUT_S
+            if self.logged_in:
+                timeout_s = self.idle_timeout_s
+            else:
+                timeout_s = min(LOGIN_TIMEOUT_S, self.idle_timeout_s)
+            self.idle_since = time.monotonic()
             try:
                 async with asyncio.timeout(timeout_s):
                     raw = await self.lines.next_line()
             except TimeoutError:
+                log.debug("admin CLI: %s idle for %.0f s, closed", self.peer, timeout_s)
                 await self.send(["Timed out"])
                 return
+            self.idle_since = None
             if raw is None:
                 return
             if isinstance(raw, TooLong):
                 await self.send(INVALID, prompt=True)
-                continue
-            if not await self.handle(raw.decode("utf-8", errors="replace").strip()):
+            elif not await self.handle(raw.decode("utf-8", errors="replace").strip()):
                 return
+            # lines already buffered are answered without awaiting the socket: let the rest of
+            # the process (the proxy's HTTP) run between any two of them
+            await asyncio.sleep(0)
 
     async def handle(self, text: str) -> bool:
         """Answer one line; False when the connection must close."""
+        if not self.logged_in:
+            self._pre_login += 1
+            if self._pre_login > PRE_LOGIN_LINES:
+                log.info("admin CLI: %s sent too many lines before LOGIN, closed", self.peer)
+                await self.send(["LOGIN <password> first"])
+                return False
         if not text:
             await self.send([], prompt=True)
             return True
@@ -413,14 +242,30 @@ def _peer_name(writer: asyncio.StreamWriter) -> str:
     return str(peer)
 
 
+def _peer_address(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)
+
+
 class AdminCli:
     """The listening server and its sessions; ``close()`` ends them all."""
 
-    def __init__(self, cmds: AdminCommands, password: str = "") -> None:
+    def __init__(
+        self,
+        cmds: AdminCommands,
+        password: str = "",
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        max_per_address: int = MAX_PER_ADDRESS,
+    ) -> None:
         self.cmds = cmds
         self.password = password
+        self.idle_timeout_s = idle_timeout_s
+        self.max_per_address = max_per_address
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[Any]] = set()
+        self._open: set[Session] = set()
 
     @property
     def port(self) -> int:
@@ -436,21 +281,53 @@ class AdminCli:
                 self.port,
             )
 
+    def _make_room(self, address: str) -> bool:
+        """Room for one more session from ``address``: free, or made by closing the longest-idle
+        session of that address (over its own limit) or of the address with the most
+        sessions (total limit). False when no session can give way."""
+        mine = [s for s in self._open if s.address == address]
+        if len(mine) >= self.max_per_address:
+            pool = mine
+        elif len(self._open) >= MAX_CONNECTIONS:
+            counts: dict[str, int] = {}
+            for s in self._open:
+                counts[s.address] = counts.get(s.address, 0) + 1
+            most = max(counts.values())
+            if most < 2:
+                return False
+            pool = [s for s in self._open if counts[s.address] == most]
+        else:
+            return True
+        idle = [s for s in pool if s.idle_since is not None and s.task is not None]
+        if not idle:
+            return False
+        # not logged in first, then the longest idle
+        victim = min(idle, key=lambda s: (s.logged_in, s.idle_since))
+        log.info("admin CLI: closing idle %s to admit %s", victim.peer, address)
+        self._open.discard(victim)
+        victim.evict()
+        return True
+
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        session: Session | None = None
         try:
-            if len(self._sessions) >= MAX_CONNECTIONS:
-                log.warning("admin CLI: too many connections, refusing %s", _peer_name(writer))
-                writer.write(b"Too many admin connections, try again later" + CRLF.encode())
+            session = Session(self.cmds, self.password, reader, writer, self.idle_timeout_s)
+            if task is None or not self._make_room(session.address):
+                log.warning("admin CLI: too many connections, refusing %s", session.peer)
+                writer.write((TOO_MANY + CRLF).encode())
                 return
-            if task is not None:
-                self._sessions.add(task)
-            await Session(self.cmds, self.password, reader, writer).run()
+            session.task = task
+            self._sessions.add(task)
+            self._open.add(session)
+            await session.run()
         except (ConnectionError, TimeoutError) as e:
             log.debug("admin CLI: connection ended: %r", e)
         finally:
             if task is not None:
                 self._sessions.discard(task)
+            if session is not None:
+                self._open.discard(session)
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError):
                 async with asyncio.timeout(1.0):
@@ -460,15 +337,26 @@ class AdminCli:
         if self._server is None:
             return
         self._server.close()
+        for session in list(self._open):
+            session.writer.close()  # idle sessions see the end of input and return
+        if self._sessions:
+            await asyncio.wait(set(self._sessions), timeout=CLOSE_GRACE_S)
         for task in list(self._sessions):
-            task.cancel()
+            task.cancel()  # one still in the middle of a command
         await asyncio.gather(*self._sessions, return_exceptions=True)
         await self._server.wait_closed()
         self._server = None
 
 
-async def start_cli(cmds: AdminCommands, host: str, port: int, password: str = "") -> AdminCli:
+async def start_cli(
+    cmds: AdminCommands,
+    host: str,
+    port: int,
+    password: str = "",
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
+    max_per_address: int = MAX_PER_ADDRESS,
+) -> AdminCli:
     """Start the admin CLI on ``port`` (0 = any free port: read ``.port``)."""
-    cli = AdminCli(cmds, password)
+    cli = AdminCli(cmds, password, idle_timeout_s, max_per_address)
     await cli.start(host, port)
     return cli

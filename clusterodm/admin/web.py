@@ -41,6 +41,7 @@ from clusterodm.admin.commands import NAME, AdminCommands, NodeOutOfRange
 from clusterodm.admin.telnet import password_matches
 from clusterodm.errors import ClusterError
 from clusterodm.metrics import Metrics
+from clusterodm.numbers import MAX_DIGITS, BadNumber, parse_decimal
 
 METRICS = web.AppKey("metrics", Metrics)
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ BODY_LIMIT_BYTES = 64 * 1024
 DEFAULT_TASKS = 50
 DEFAULT_ROUTES = 100
 MAX_LIMIT = 1000
+MAX_NUMBER = 10**MAX_DIGITS - 1
+"""JSON numbers too: as large as the CLI's longest (a 5,000-digit int is refused, not used)."""
 
 COMMANDS = web.AppKey("admin_commands", AdminCommands)
 PASSWORD = web.AppKey("admin_password", str)
@@ -138,9 +141,12 @@ def _number(value: Any, what: str = "number") -> int:
     """A positive integer from JSON: an int, or digits in a string (as browsers' forms send)."""
     if isinstance(value, bool):
         raise BadInput(f"{what} must be a positive integer")
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if not isinstance(value, int) or value < 1:
+    if isinstance(value, str):
+        try:  # the CLI's strict parse: ASCII digits, bounded length
+            return parse_decimal(value.strip(), what, minimum=1)
+        except BadNumber as e:
+            raise BadInput(str(e)) from None
+    if not isinstance(value, int) or not 1 <= value <= MAX_NUMBER:
         raise BadInput(f"{what} must be a positive integer")
     return value
 

@@ -43,6 +43,7 @@ from clusterodm.autoscale.bootstrap import user_data
 from clusterodm.autoscale.config import AsrConfig
 from clusterodm.errors import CloudError, ClusterError, NodeError
 from clusterodm.model import Node, TaskEntry, TaskStage, TaskStatus
+from clusterodm.nodes.address import BadAddress, check_hostname
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.store.base import Store
@@ -310,7 +311,8 @@ class Autoscaler:
         while True:
             machine = await self.provider.locate(machine)
             if machine.host:
-                probe = Node(machine.host, machine.port, spec.token)
+                host = _node_host(machine.host, spec.name)
+                probe = Node(host, machine.port, spec.token)
                 try:
                     info = await self.client.info(probe)
                     break
@@ -330,7 +332,7 @@ class Autoscaler:
             "task": uuid,
         }
         try:
-            node = await self.registry.add(machine.host, machine.port, spec.token, machine=record)
+            node = await self.registry.add(host, machine.port, spec.token, machine=record)
         except ClusterError as e:
             raise CloudError(f"Cannot register the new node: {e.message}") from e
         await self.registry.record_info(node.key, info)
@@ -539,3 +541,15 @@ def _finished_entry(
         started_ms=started,
         progress=float(info.get("progress") or 100.0),
     )
+
+
+def _node_host(address: str, name: str) -> str:
+    """The node host name for a provider's machine address (IPv6 in brackets), checked as any
+    node's is; CloudError when the provider hands back something that cannot be one."""
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    try:
+        return check_hostname(address)
+    except BadAddress as e:
+        log.warning("autoscaler: %s has an unusable address: %s", name, e.message)
+        raise CloudError(f"Machine {name} has an unusable address") from None

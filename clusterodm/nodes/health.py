@@ -1,7 +1,10 @@
 """HealthMonitor: refreshes every node's ``/info`` on an interval, concurrently, bounded.
 
 Each probe has its own deadline (the client's info timeout), so one hung node never delays the
-others. Passive failures from real traffic also mark a node offline (``NodeRegistry``).
+others, and its own error handling: whatever one node's refresh raises (a network error, a URL
+that cannot be built, a store write that fails) is logged in one line and marks that node
+offline, never cancels or touches another node's refresh (a TaskGroup would cancel them all).
+Passive failures from real traffic also mark a node offline (``NodeRegistry``).
 With a shared store only the leader instance probes (``leads``); the others read its results.
 """
 
@@ -25,27 +28,47 @@ class HealthMonitor:
         self.client = client
         self.interval_s = interval_s
         self._wake = asyncio.Event()
+        self._probes: set[asyncio.Future[bool]] = set()
         #: False while another instance refreshes for the whole cluster (shared store)
         self.leads: Callable[[], bool] = lambda: True
 
     async def refresh(self, node: Node) -> bool:
-        """Probe one node; True if it answered a usable /info."""
+        """Probe one node; True if it answered a usable /info. Never raises (but cancellation):
+        any failure is this node's alone."""
         try:
             info = await self.client.info(node)
         except NodeError as e:
             log.debug("refresh of %s failed: %s", node.key, e.message)
             self.registry.record_failure(node.key)
             return False
-        await self.registry.record_info(node.key, info)
+        except Exception as e:  # one node's fault must not reach the others
+            log.warning("refresh of %s failed: %s: %.200s", node.key, type(e).__name__, e)
+            self.registry.record_failure(node.key)
+            return False
+        try:
+            await self.registry.record_info(node.key, info)
+        except Exception as e:
+            log.warning("refresh of %s not recorded: %s: %.200s", node.key, type(e).__name__, e)
+            return False
         return True
 
     async def refresh_all(self) -> None:
+        """Refresh every node at once; returns when each has answered or failed on its own."""
         nodes = self.registry.nodes()
         if not nodes:
             return
-        async with asyncio.TaskGroup() as tg:
-            for node in nodes:
-                tg.create_task(self.refresh(node))
+        await asyncio.gather(*(self.refresh(node) for node in nodes))
+
+    async def refresh_now(self, node: Node, wait_s: float) -> bool:
+        """Refresh one node now (a node just added) and wait at most ``wait_s`` for it; a
+        slower node keeps being probed in the background and counts as not yet answered."""
+        probe = asyncio.ensure_future(self.refresh(node))
+        self._probes.add(probe)
+        probe.add_done_callback(self._probes.discard)
+        try:
+            return await asyncio.wait_for(asyncio.shield(probe), wait_s)
+        except TimeoutError:
+            return False
 
     def wake(self) -> None:
         """Ask for a refresh now (a node was added, or a dispatch failed)."""

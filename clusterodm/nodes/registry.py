@@ -23,6 +23,7 @@ from typing import Any
 
 from clusterodm.errors import InvalidRequest
 from clusterodm.model import Node, NodeInfo, node_key
+from clusterodm.nodes.address import check_hostname, check_port
 from clusterodm.nodes.selection import NodeState, available_slots, best_node
 from clusterodm.store.base import Store
 
@@ -193,11 +194,8 @@ class NodeRegistry:
         token: str = "",
         machine: dict[str, Any] | None = None,
     ) -> Node:
-        hostname = hostname.strip()
-        if not hostname or any(c in hostname for c in "/?#@ \t"):
-            raise InvalidRequest(f"Invalid hostname: {hostname!r}")
-        if not 1 <= port <= 65535:
-            raise InvalidRequest(f"Invalid port: {port}")
+        hostname = check_hostname(hostname)  # BadAddress: never a node whose URL cannot be built
+        port = check_port(port)
         if self.get(node_key(hostname, port)) is not None:
             raise InvalidRequest(f"Node {node_key(hostname, port)} already exists")
         node = Node(hostname=hostname, port=port, token=token, machine=machine)

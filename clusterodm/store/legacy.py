@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterodm.model import Node, NodeInfo, Route, node_key
+from clusterodm.nodes.address import BadAddress, check_hostname, check_port
 from clusterodm.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,15 @@ def _parse_nodes(data: Any, path: Path) -> list[Node]:
 def _node_from_legacy(entry: dict[str, Any]) -> Node:
     """Original shape: ``port`` as a string, ``locked`` only when set, ``dockerMachine`` for
     auto-spawned nodes (kept as the machine record)."""
-    hostname = str(entry["hostname"])
-    if not hostname:
-        raise ValueError("empty hostname")
+    try:
+        hostname = check_hostname(str(entry["hostname"]))
+        port = check_port(entry["port"] if isinstance(entry["port"], int) else str(entry["port"]))
+    except BadAddress as e:
+        raise ValueError(e.message) from None
     machine = entry.get("dockerMachine")
     return Node(
         hostname=hostname,
-        port=_port(entry["port"]),
+        port=port,
         token=str(entry.get("token") or ""),
         locked=bool(entry.get("locked", False)),
         info=_info(entry.get("info")),

@@ -139,5 +139,5 @@ async def test_held_tasks_show_in_the_overview(
     rows = await cmds.task_overview(10)
     assert [(r["uuid"], r["source"]) for r in rows] == [(uuid, "proxy")]
     assert [t["uuid"] for t in await cmds.task_list()] == [uuid]
-    assert await cmds.task_action("cancel", uuid) is True
+    assert await cmds.task_action("cancel", uuid) == {"success": True}
     assert (await cmds.task_overview(10))[0]["statusName"] == "canceled"

@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,7 +18,6 @@ import pytest
 from clusterodm import __version__
 from clusterodm.admin import AdminCli, AdminCommands, start_cli
 from clusterodm.admin import telnet as telnet_mod
-from clusterodm.admin.commands import NO_AUTOSCALER
 from clusterodm.app import Cluster
 from tests.admin import TelnetClient, make_task
 from tests.conftest import ClusterFactory, SimnodeFactory
@@ -38,9 +38,11 @@ async def cli_factory() -> AsyncIterator[CliFactory]:
     """Start the CLI of a cluster on a free port: ``await cli_factory(cluster, password="")``."""
     started: list[AdminCli] = []
 
-    async def make(cluster: Cluster, password: str = "", autoscaler: object = None) -> AdminCli:
+    async def make(
+        cluster: Cluster, password: str = "", autoscaler: object = None, **limits: Any
+    ) -> AdminCli:
         cmds = AdminCommands(cluster.deps, autoscaler)  # type: ignore[arg-type]
-        cli = await start_cli(cmds, "127.0.0.1", 0, password)
+        cli = await start_cli(cmds, "127.0.0.1", 0, password, **limits)
         started.append(cli)
         return cli
 
@@ -113,7 +115,7 @@ async def test_node_info_shape_without_token(two_nodes: tuple[Cluster, TelnetCli
     assert isinstance(data["port"], str) and data["locked"] is True
     assert data["info"]["maxParallelTasks"] == 1 and data["lastRefreshed"] > 0
     assert "nodetok" not in json.dumps(data)
-    assert await client.cmd("NODE INFO 9") == ["FAIL"]
+    assert await client.cmd("NODE INFO 9") == ["INVALID"], "as the original"
     assert await client.cmd("NODE INFO x") == ["INVALID"]
 
 
@@ -156,7 +158,7 @@ async def test_lock_unlock_del_and_number_rules(two_nodes: tuple[Cluster, Telnet
         assert reply in (["FAIL"], ["INVALID"]), (bad, reply)
     assert await client.cmd("NODE DEL 9") == ["FAIL"]
     assert await client.cmd("NODE LOCK") == ["INVALID"]
-    assert await client.cmd("NODE LOCK one") == ["INVALID"]
+    assert await client.cmd("NODE LOCK one") == ["FAIL"], "as the original"
     assert await client.cmd("NODE DEL 1") == ["OK"]
     lines = await client.cmd("NODE LIST")
     assert len(lines) == 2 and lines[0].startswith("1) ") and lines[0].endswith(" [L]")
@@ -167,7 +169,7 @@ async def test_unknown_and_malformed_commands(two_nodes: tuple[Cluster, TelnetCl
     _, client = two_nodes
     for line in ("FOO", "NODE", "NODE FROB 1", "TASK", "ROUTE LIST x", "NODE ADD host", "ASR"):
         assert await client.cmd(line) == ["INVALID"], line
-    assert await client.cmd("NODE ADD host 99999") == ["INVALID"]
+    assert (await client.cmd("NODE ADD host 99999"))[-1] == "INVALID"
     assert await client.cmd("NODE BEST many") == ["INVALID"]
 
 
@@ -202,7 +204,7 @@ async def test_node_update_and_best(two_nodes: tuple[Cluster, TelnetClient]) -> 
     (line,) = await client.cmd("NODE BEST 5")
     assert NODE_LINE.match(line) and line.startswith("1) "), "node 2 is locked"
     await client.cmd("NODE LOCK 1")
-    assert await client.cmd("NODE BEST 5") == ["FAIL"]
+    assert await client.cmd("NODE BEST 5") == ["No best node available"]
 
 
 async def test_routes_and_tasks(
@@ -217,18 +219,18 @@ async def test_routes_and_tasks(
     route = json.loads("\n".join(await client.cmd(f"ROUTE INFO {uuid}")))
     assert route["node"] == {"hostname": sim.host, "port": str(sim.port)}
     assert route["accessed"] > 0
-    assert await client.cmd(f"ROUTE INFO {UUID}") == ["FAIL"]
+    assert await client.cmd(f"ROUTE INFO {UUID}") == ["INVALID"]
     assert list(json.loads("\n".join(await client.cmd("ROUTE LIST")))) == [uuid]
     assert list(json.loads("\n".join(await client.cmd("ROUTE LIST 1")))) == [uuid]
-    assert await client.cmd("ROUTE LIST 2") == ["FAIL"]
+    assert await client.cmd("ROUTE LIST 2") == ["INVALID"]
 
     tasks = json.loads("\n".join(await client.cmd("TASK LIST")))
     assert [t["uuid"] for t in tasks] == [uuid]
     assert json.loads("\n".join(await client.cmd("TASK LIST 1")))[0]["uuid"] == uuid
     info = json.loads("\n".join(await client.cmd(f"TASK INFO {uuid}")))
     assert info["uuid"] == uuid and info["imagesCount"] == 2
-    assert await client.cmd(f"TASK INFO {UUID}") == ["FAIL"]
-    assert await client.cmd("TASK INFO not-a-uuid!") == ["FAIL"]
+    assert await client.cmd(f"TASK INFO {UUID}") == ["INVALID"]
+    assert await client.cmd("TASK INFO not-a-uuid!") == ["INVALID"]
 
     async def has_output() -> list[str]:
         return [x for x in await client.cmd(f"TASK OUTPUT {uuid}") if x]
@@ -237,11 +239,11 @@ async def test_routes_and_tasks(
     assert all("\r" not in x for x in lines)
     assert await client.cmd(f"TASK OUTPUT {uuid} x") == ["INVALID"]
 
-    assert await client.cmd(f"TASK CANCEL {uuid}") == ["OK"]
+    assert await client.cmd(f"TASK CANCEL {uuid}") == ["{", '  "success": true', "}"]
     await eventually(lambda: int(sim.tasks[uuid].status) == 50, timeout_s=5)
-    assert await client.cmd(f"task remove {uuid}") == ["OK"]
+    assert await client.cmd(f"task remove {uuid}") == ["{", '  "success": true', "}"]
     assert cluster.deps.routes.get(uuid) is None
-    assert await client.cmd(f"TASK REMOVE {uuid}") == ["FAIL"]
+    assert await client.cmd(f"TASK REMOVE {uuid}") == ["INVALID"]
     assert await client.cmd("TASK LIST") == ["[]"]
     await client.close()
 
@@ -254,7 +256,7 @@ async def test_node_del_forgets_its_routes(
     client, _ = await TelnetClient.connect((await cli_factory(cluster)).port)
     assert await client.cmd("NODE DEL 1") == ["OK"]
     assert cluster.deps.routes.get(uuid) is None
-    assert await client.cmd(f"ROUTE INFO {uuid}") == ["FAIL"]
+    assert await client.cmd(f"ROUTE INFO {uuid}") == ["INVALID"]
     await client.close()
 
 
@@ -266,12 +268,13 @@ class FakeAutoscaler:
 async def test_asr_viewcmd(cluster_factory: ClusterFactory, cli_factory: CliFactory) -> None:
     cluster = await cluster_factory()
     plain, _ = await TelnetClient.connect((await cli_factory(cluster)).port)
-    assert await plain.cmd("ASR VIEWCMD 10") == [NO_AUTOSCALER]
+    assert await plain.cmd("ASR VIEWCMD 10") == ["INVALID"], "as the original"
     assert await plain.cmd("ASR VIEWCMD ten") == ["INVALID"]
     scaled, _ = await TelnetClient.connect(
         (await cli_factory(cluster, autoscaler=FakeAutoscaler())).port
     )
     assert await scaled.cmd("asr viewcmd 10") == ["create-machine --size s-10"]
+    assert await scaled.cmd("ASR VIEWCMD ten") == ["INVALID"]
     await plain.close()
     await scaled.close()
 
@@ -283,13 +286,13 @@ async def test_repeat_empty_lines_and_lf_only(two_nodes: tuple[Cluster, TelnetCl
     assert await client.cmd("NODE LOCK 1") == ["OK"]
     assert await client.cmd("!!") == ["OK"]
     await client.send(b"NODE INFO 9\n")  # nc sends LF only
-    assert await client.until() == "FAIL\r\n"
+    assert await client.until() == "INVALID\r\n"
     assert await client.cmd("   ") == []
 
 
 async def test_several_lines_in_one_packet(two_nodes: tuple[Cluster, TelnetClient]) -> None:
     _, client = two_nodes
-    await client.send(b"NODE INFO 9\r\nFOO\r\nNODE LOCK 1\r\n")
+    await client.send(b"NODE DEL 9\r\nFOO\r\nNODE LOCK 1\r\n")
     assert await client.until() == "FAIL\r\n"
     assert await client.until() == "INVALID\r\n"
     assert await client.until() == "OK\r\n"
@@ -299,7 +302,7 @@ async def test_huge_and_binary_lines(two_nodes: tuple[Cluster, TelnetClient]) ->
     _, client = two_nodes
     await client.send(b"NODE " + b"A" * (telnet_mod.LINE_LIMIT_BYTES * 3) + b"\r\n")
     assert await client.until() == "INVALID\r\n"
-    assert await client.cmd("NODE INFO 9") == ["FAIL"], "connection still usable"
+    assert await client.cmd("NODE INFO 9") == ["INVALID"], "connection still usable"
     assert await client.cmd("\x00\xff\xfe garbage \x1b[A") == ["INVALID"]
     await client.send(bytes(b for b in range(256) if b not in (10, 13)) + b"\r\n")
     assert await client.until() == "INVALID\r\n"
@@ -316,7 +319,7 @@ async def test_client_leaving_mid_command(
         leaver.writer.write(command)
         leaver.writer.transport.abort()  # reset, no goodbye
     await eventually(lambda: not cli._sessions, timeout_s=10, message="sessions ended")
-    assert await client.cmd("NODE INFO 9") == ["FAIL"]
+    assert await client.cmd("NODE DEL 9") == ["FAIL"]
 
 
 async def test_login_rules(
@@ -340,6 +343,15 @@ async def test_login_rules(
     assert "s3cret" not in caplog.text
 
 
+async def _connect_from(address: str, port: int, prompt: bytes = b"#> ") -> TelnetClient:
+    """A CLI connection from a chosen loopback source address (127.0.0.0/8 all lead here)."""
+    async with asyncio.timeout(10):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+        client = TelnetClient(reader, writer)
+        await client.until(prompt)
+    return client
+
+
 async def test_login_timeout_and_connection_cap(
     cluster_factory: ClusterFactory, cli_factory: CliFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -348,12 +360,50 @@ async def test_login_timeout_and_connection_cap(
     cli = await cli_factory(await cluster_factory(), password="pw")
     idle, _ = await TelnetClient.connect(cli.port, prompt=b"$> ")
     assert await idle.rest() == b"Timed out\r\n"
-    held = [(await TelnetClient.connect(cli.port, prompt=b"$> "))[0] for _ in range(2)]
-    async with asyncio.timeout(5):
-        reader, writer = await asyncio.open_connection("127.0.0.1", cli.port)
+    monkeypatch.setattr(telnet_mod, "LOGIN_TIMEOUT_S", 60.0)
+    held = [await _connect_from(f"127.0.0.{i}", cli.port, b"$> ") for i in (2, 3)]
+    async with asyncio.timeout(5):  # full, and no address holds more than its one session
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", cli.port, local_addr=("127.0.0.4", 0)
+        )
         assert b"Too many admin connections" in await reader.read()
     writer.close()
     for c in held:
+        await c.close()
+
+
+async def test_idle_connections_of_one_address_do_not_lock_out_admins(
+    cluster_factory: ClusterFactory, cli_factory: CliFactory
+) -> None:
+    """64 idle connections from one address (the total cap): another address still gets in,
+    and so does that address, each time in the place of its own longest-idle session."""
+    cli = await cli_factory(await cluster_factory(), max_per_address=64)
+    flood = [await _connect_from("127.0.0.2", cli.port) for _ in range(64)]
+    assert len(cli._open) == 64
+    admin = await _connect_from("127.0.0.3", cli.port)
+    assert await admin.cmd("NODE LIST") == [""]
+    assert b"Closed: too many admin connections" in await flood[0].rest(), "the idlest went"
+    again = await _connect_from("127.0.0.2", cli.port)
+    assert await again.cmd("NODE LIST") == [""]
+    assert len(cli._open) == 64
+    for c in [*flood[1:], admin, again]:
+        await c.close()
+
+
+async def test_per_address_limit_and_idle_timeout(
+    cluster_factory: ClusterFactory, cli_factory: CliFactory
+) -> None:
+    cli = await cli_factory(await cluster_factory(), max_per_address=3, idle_timeout_s=0.5)
+    first = await _connect_from("127.0.0.2", cli.port)
+    assert await first.rest() == b"Timed out\r\n", "idle after the configured time"
+    cli_long = await cli_factory(await cluster_factory(), max_per_address=3)
+    mine = [await _connect_from("127.0.0.2", cli_long.port) for _ in range(3)]
+    await mine[1].cmd("NODE LIST")  # the others stay idler
+    fourth = await _connect_from("127.0.0.2", cli_long.port)
+    assert b"Closed" in await mine[0].rest()
+    assert len([s for s in cli_long._open if s.address == "127.0.0.2"]) == 3
+    for c in [*mine[1:], fourth]:
+        assert await c.cmd("NODE LIST") == [""]
         await c.close()
 
 
@@ -361,7 +411,7 @@ async def test_many_admin_connections_do_not_slow_the_proxy(
     simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory, cli_factory: CliFactory
 ) -> None:
     cluster = await cluster_factory([await simnode_factory()])
-    cli = await cli_factory(cluster)
+    cli = await cli_factory(cluster, max_per_address=64)
     clients = [(await TelnetClient.connect(cli.port))[0] for _ in range(40)]
 
     async def chatter(client: TelnetClient) -> None:
