@@ -29,6 +29,8 @@ class HealthMonitor:
         self.interval_s = interval_s
         self._wake = asyncio.Event()
         self._probes: set[asyncio.Future[bool]] = set()
+        #: nodes whose last refresh raised something other than a node error (logged once)
+        self._faulty: set[str] = set()
         #: False while another instance refreshes for the whole cluster (shared store)
         self.leads: Callable[[], bool] = lambda: True
 
@@ -42,15 +44,22 @@ class HealthMonitor:
             self.registry.record_failure(node.key)
             return False
         except Exception as e:  # one node's fault must not reach the others
-            log.warning("refresh of %s failed: %s: %.200s", node.key, type(e).__name__, e)
+            self._fault(node, "failed", e)
             self.registry.record_failure(node.key)
             return False
         try:
             await self.registry.record_info(node.key, info)
         except Exception as e:
-            log.warning("refresh of %s not recorded: %s: %.200s", node.key, type(e).__name__, e)
+            self._fault(node, "not recorded", e)
             return False
+        self._faulty.discard(node.key)
         return True
+
+    def _fault(self, node: Node, what: str, e: Exception) -> None:
+        """One line per node at warning when it starts failing this way, then at debug."""
+        level = logging.DEBUG if node.key in self._faulty else logging.WARNING
+        self._faulty.add(node.key)
+        log.log(level, "refresh of %r %s: %s: %.200r", node.key, what, type(e).__name__, str(e))
 
     async def refresh_all(self) -> None:
         """Refresh every node at once; returns when each has answered or failed on its own."""
