@@ -53,6 +53,8 @@ IDLE_TIMEOUT_S = 3600.0
 """Default for ``--admin-cli-idle-timeout``: a logged-in session silent this long is closed."""
 PRE_LOGIN_LINES = 100
 """Lines answered before LOGIN; then the connection is closed (the original closes at once)."""
+FLUSH_BYTES = 64 * 1024
+"""Queued replies are written out at this size even while more input is buffered."""
 WRITE_TIMEOUT_S = 30.0
 """A client that stops reading its replies is dropped rather than buffered forever."""
 
@@ -86,6 +88,10 @@ class LineReader:
         self._buf = bytearray()
         self._discarding = False
         self._eof = False
+
+    def has_line(self) -> bool:
+        """A whole line (or the end of input) is buffered: ``next_line`` will not wait."""
+        return self._eof or b"\n" in self._buf
 
     async def next_line(self) -> bytes | TooLong | None:
         """The next line without its CR/LF, ``TOO_LONG``, or None at end of input."""
@@ -145,6 +151,7 @@ class Session:
         self.idle_since: float | None = time.monotonic()
         self.task: asyncio.Task[Any] | None = None
         self._pre_login = 0
+        self._out = bytearray()
 
     def evict(self) -> None:
         """Say why and close the connection; ``run`` then sees the end of input and returns."""
@@ -153,14 +160,32 @@ class Session:
         self.writer.close()
 
     async def send(self, lines: list[str], prompt: bool = False) -> None:
+        """Queue reply lines; they go out when no more input is buffered (one write for a
+        packet of many lines, not one system call per line) or when the queue is large."""
         text = "".join(line + CRLF for line in lines)
         if prompt:
             text += PROMPT if self.logged_in else LOGIN_PROMPT
-        self.writer.write(text.encode("utf-8"))
+        self._out += text.encode("utf-8")
+        if len(self._out) >= FLUSH_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._out:
+            return
+        self.writer.write(bytes(self._out))
+        self._out.clear()
         async with asyncio.timeout(WRITE_TIMEOUT_S):
             await self.writer.drain()
 
     async def run(self) -> None:
+        """The session, then whatever replies are still queued."""
+        try:
+            await self._serve()
+        finally:
+            with contextlib.suppress(ConnectionError, TimeoutError, RuntimeError):
+                await self.flush()
+
+    async def _serve(self) -> None:
         # the original's greeting, word for word, so scripts that wait for it keep working
         greeting = [f"Welcome {self.peer} {NAME}:{__version__}"]
         greeting.append("LOGIN <password> to log-in" if self.password else "HELP for help")
@@ -171,15 +196,19 @@ class Session:
                 timeout_s = self.idle_timeout_s
             else:
                 timeout_s = min(LOGIN_TIMEOUT_S, self.idle_timeout_s)
-            self.idle_since = time.monotonic()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    raw = await self.lines.next_line()
-            except TimeoutError:
-                log.debug("admin CLI: %s idle for %.0f s, closed", self.peer, timeout_s)
-                await self.send(["Timed out"])
-                return
-            self.idle_since = None
+            if self.lines.has_line():
+                raw = await self.lines.next_line()  # buffered: no wait, no timer
+            else:
+                await self.flush()  # about to wait for the client: answer what it sent
+                self.idle_since = time.monotonic()
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        raw = await self.lines.next_line()
+                except TimeoutError:
+                    log.debug("admin CLI: %s idle for %.0f s, closed", self.peer, timeout_s)
+                    await self.send(["Timed out"])
+                    return
+                self.idle_since = None
             if raw is None:
                 return
             if isinstance(raw, TooLong):
