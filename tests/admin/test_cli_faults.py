@@ -17,6 +17,8 @@ import pytest
 from clusterodm.admin import AdminCli, AdminCommands, start_cli
 from clusterodm.admin import telnet as telnet_mod
 from clusterodm.app import Cluster
+from clusterodm.cli import parse_settings
+from clusterodm.config import ConfigError
 from tests.admin import TelnetClient, make_task
 from tests.admin.test_web import serve_admin
 from tests.conftest import ClusterFactory, SimnodeFactory
@@ -203,3 +205,25 @@ async def test_web_node_add_probes_at_once(
         async with s.get(f"{base}/r/node/list") as r:
             (item,) = await r.json()
     assert item["isOnline"] is True and item["getMaxParallelTasks"] == 1
+
+
+def test_limit_flags() -> None:
+    s = parse_settings(["--admin-cli-idle-timeout", "5", "--admin-cli-max-per-address", "2"])
+    assert (s.admin_cli_idle_s, s.admin_cli_max_per_address) == (5.0, 2)
+    defaults = parse_settings([])
+    assert (defaults.admin_cli_idle_s, defaults.admin_cli_max_per_address) == (3600.0, 8)
+    for bad in (["--admin-cli-idle-timeout", "0"], ["--admin-cli-max-per-address", "0"]):
+        with pytest.raises(ConfigError, match="admin-cli"):
+            parse_settings(bad)
+
+
+async def test_limit_flags_reach_the_cli(
+    cluster_factory: ClusterFactory, unused_tcp_port: int
+) -> None:
+    cluster = await cluster_factory(
+        admin_cli_port=unused_tcp_port, admin_cli_idle_s=0.3, admin_cli_max_per_address=1
+    )
+    cli = cluster.extra["admin-cli"]
+    assert (cli.idle_timeout_s, cli.max_per_address) == (0.3, 1)
+    first, _ = await TelnetClient.connect(unused_tcp_port)
+    assert await first.rest() == b"Timed out\r\n"

@@ -164,3 +164,16 @@ def test_numbers_parse_strictly(text: str) -> None:
 def test_hostile_numbers(text: str) -> None:
     with pytest.raises(BadNumber):
         parse_decimal(text)
+
+
+def test_autoscaled_machine_addresses() -> None:
+    """A provider's address becomes a node host as any other does; IPv6 gets its brackets."""
+    from clusterodm.autoscale.autoscaler import _node_host
+    from clusterodm.errors import CloudError
+
+    assert _node_host("203.0.113.7", "m") == "203.0.113.7"
+    assert _node_host("2001:db8::5", "m") == "[2001:db8::5]"
+    assert _node_host("node-1.internal", "m") == "node-1.internal"
+    for bad in ("a\\b", "1.2.3.4:80", "[::1", "fe80::1%eth0", "x" * 300):
+        with pytest.raises(CloudError):
+            _node_host(bad, "m")

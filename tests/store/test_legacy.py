@@ -122,3 +122,17 @@ async def test_auto_spawned_node_owner_token_and_bad_entries(
     assert node.last_refreshed_ms == 1700000000123
     assert await store.get_route("u1") == Route("u1", "10.0.0.9:3000", "own", 0)
     assert "skipping node #2" in caplog.text and "skipping route u2" in caplog.text
+
+
+async def test_nodes_with_unusable_addresses_are_skipped(
+    tmp_path: Path, store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The original accepted any host; such an entry is skipped with a warning, not imported."""
+    entries = [{"hostname": h, "port": "3000"} for h in ("a\\b", "[::1", "a\u0085b", "h:1")]
+    entries += [{"hostname": "ok", "port": p} for p in ("0", "3000x", "²")]
+    entries += [{"hostname": "good", "port": "3000"}, {"hostname": "[::1]", "port": 3001}]
+    (tmp_path / "nodes.json").write_text(json.dumps(entries))
+    with caplog.at_level(logging.WARNING):
+        assert (await import_legacy(tmp_path, store))[0] == 2
+    assert sorted(n.key for n in await store.list_nodes()) == ["[::1]:3001", "good:3000"]
+    assert caplog.text.count("skipping node") == 7
