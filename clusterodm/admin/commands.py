@@ -44,7 +44,7 @@ STATUS_NAMES = {s.value: s.name.lower() for s in TaskStatus}
 
 
 class NodeOutOfRange(ClusterError):
-    """No node has this number (the CLI answers FAIL, the web ``false``)."""
+    """No node has this number (the CLI answers as the original per command, the web ``false``)."""
 
 
 class ViewCommand(Protocol):
