@@ -7,15 +7,19 @@ proxy's ``/info`` latency while one admin client floods the CLI.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clusterodm.admin import AdminCli, AdminCommands, start_cli
 from clusterodm.admin import telnet as telnet_mod
+from clusterodm.admin.cli_commands import execute
 from clusterodm.app import Cluster
 from clusterodm.cli import parse_settings
 from clusterodm.config import ConfigError
@@ -28,6 +32,7 @@ CliFactory = Callable[..., Awaitable[AdminCli]]
 FLOOD_LINES = 200_000
 INFO_LIMIT_S = 1.0
 INFO_EVERY_S = 0.05
+UNKNOWN_UUID = "78f14e5c-0d93-4196-843e-ebbf0f537676"
 
 
 @pytest.fixture
@@ -227,3 +232,56 @@ async def test_limit_flags_reach_the_cli(
     assert (cli.idle_timeout_s, cli.max_per_address) == (0.3, 1)
     first, _ = await TelnetClient.connect(unused_tcp_port)
     assert await first.rest() == b"Timed out\r\n"
+
+
+WORDS = ["NODE", "ROUTE", "TASK", "ASR", "ADD", "DEL", "INFO", "LIST", "LOCK", "UNLOCK"]
+WORDS += ["UPDATE", "BEST", "OUTPUT", "CANCEL", "REMOVE", "VIEWCMD", "HELP", "!!", "LOGIN"]
+ARGS = st.one_of(
+    st.sampled_from(["1", "0", "-1", "²", "①", "٣", "1" * 5000, "127.0.0.1", "3000", "[::1]"]),
+    st.sampled_from([UNKNOWN_UUID, "a\\b", "[", "%", "a]b", "127.0.0.1:1", "\u0085", "\x00"]),
+    st.text(max_size=20),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+)
+LINES = st.builds(
+    lambda words, args: " ".join([*words, *args]),
+    st.lists(st.sampled_from(WORDS), min_size=1, max_size=2),
+    st.lists(ARGS, max_size=3),
+)
+
+
+@pytest.fixture
+async def commands(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
+) -> AdminCommands:
+    """One cluster for all the examples of a test (fixtures run once per test, not per example):
+    the examples may change it, none may crash."""
+    return AdminCommands((await cluster_factory([await simnode_factory()])).deps)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(line=LINES)
+async def test_any_command_line_gets_a_reply_never_a_crash(
+    line: str, commands: AdminCommands
+) -> None:
+    """Generated command lines straight into the CLI's parser: every one gets reply lines, and
+    nothing reaches the crash handler (a traceback or FAIL from a bug)."""
+    crashes: list[str] = []
+    handler = _Collect(crashes)
+    logging.getLogger("clusterodm.admin.telnet").addHandler(handler)
+    try:
+        reply = await asyncio.wait_for(execute(commands, line), 30)
+    finally:
+        logging.getLogger("clusterodm.admin.telnet").removeHandler(handler)
+    assert isinstance(reply, list) and all(isinstance(x, str) for x in reply)
+    assert not crashes, (line, crashes)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.ERROR)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
