@@ -104,6 +104,9 @@ class Node:
     """A node as stored: address, node token, admin flags and its last known ``/info``.
 
     ``machine`` holds the autoscaler's record for auto-spawned nodes (None for static ones).
+    ``discovered`` names the ``--nodes-from`` source that found the node ("" for nodes added by
+    hand); ``draining`` is set once that source stops listing it: no new tasks, and it leaves
+    when its tasks are done (``nodes/discovery.py``).
     """
 
     hostname: str
@@ -113,6 +116,8 @@ class Node:
     info: NodeInfo | None = None
     last_refreshed_ms: int = 0
     machine: dict[str, Any] | None = None
+    discovered: str = ""
+    draining: bool = False
 
     @property
     def key(self) -> str:

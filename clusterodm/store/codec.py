@@ -60,6 +60,8 @@ def node_record(node: Node) -> dict[str, Any]:
         "info": None if node.info is None else node.info.to_json(),
         "last_refreshed_ms": node.last_refreshed_ms,
         "machine": node.machine,
+        "discovered": node.discovered,
+        "draining": node.draining,
     }
 
 
@@ -72,6 +74,8 @@ def node_from_record(r: dict[str, Any]) -> Node:
         info=info_from_data(r["info"]),
         last_refreshed_ms=r["last_refreshed_ms"],
         machine=r["machine"],
+        discovered=str(r.get("discovered") or ""),
+        draining=bool(r.get("draining", False)),
     )
 
 

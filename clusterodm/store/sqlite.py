@@ -107,7 +107,12 @@ _SCHEMA_V2 = """
 ALTER TABLE tasks ADD COLUMN failovers INTEGER NOT NULL DEFAULT 0;
 """
 
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+_SCHEMA_V3 = """
+ALTER TABLE nodes ADD COLUMN discovered TEXT NOT NULL DEFAULT '';
+ALTER TABLE nodes ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 """Schema steps in order; ``MIGRATIONS[i]`` takes ``user_version`` from ``i`` to ``i + 1``.
 
 Append only: a released step is never edited, a change is a new step.
@@ -117,14 +122,18 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 # Upserts keep the row (and so its ``seq``/``position``): an update never reorders a list.
 _PUT_NODE = """
-INSERT INTO nodes (key, position, hostname, port, token, locked, info, last_refreshed_ms, machine)
-VALUES (?, (SELECT COALESCE(MAX(position), 0) + 1 FROM nodes), ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO nodes (key, position, hostname, port, token, locked, info, last_refreshed_ms, machine,
+                   discovered, draining)
+VALUES (?, (SELECT COALESCE(MAX(position), 0) + 1 FROM nodes), ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (key) DO UPDATE SET
     hostname = excluded.hostname, port = excluded.port, token = excluded.token,
     locked = excluded.locked, info = excluded.info,
-    last_refreshed_ms = excluded.last_refreshed_ms, machine = excluded.machine
+    last_refreshed_ms = excluded.last_refreshed_ms, machine = excluded.machine,
+    discovered = excluded.discovered, draining = excluded.draining
 """
-_NODE_COLUMNS = "hostname, port, token, locked, info, last_refreshed_ms, machine"
+_NODE_COLUMNS = (
+    "hostname, port, token, locked, info, last_refreshed_ms, machine, discovered, draining"
+)
 
 _PUT_ROUTE = """
 INSERT INTO routes (uuid, node_key, owner, accessed_ms) VALUES (?, ?, ?, ?)
@@ -173,11 +182,13 @@ def _node_row(node: Node) -> tuple[Any, ...]:
         info,
         node.last_refreshed_ms,
         machine,
+        node.discovered,
+        int(node.draining),
     )
 
 
 def _node_from_row(row: Sequence[Any]) -> Node:
-    hostname, port, token, locked, info, last_refreshed_ms, machine = row
+    hostname, port, token, locked, info, last_refreshed_ms, machine, discovered, draining = row
     return Node(
         hostname=hostname,
         port=port,
@@ -186,6 +197,8 @@ def _node_from_row(row: Sequence[Any]) -> Node:
         info=_info_from_json(info),
         last_refreshed_ms=last_refreshed_ms,
         machine=None if machine is None else json.loads(machine),
+        discovered=discovered,
+        draining=bool(draining),
     )
 
 
