@@ -28,13 +28,15 @@ from clusterodm.access.lightning import LightningAccess
 from clusterodm.access.local import LocalAccess
 from clusterodm.access.users import UsersAccess
 from clusterodm.autoscale import AsrConfig, Autoscaler, load_asr_config, make_provider
-from clusterodm.config import Settings
+from clusterodm.config import Settings, parse_dns_server
 from clusterodm.metrics import Metrics
 from clusterodm.model import Route
 from clusterodm.nodes.client import NodeClient
+from clusterodm.nodes.discovery import Discovery
 from clusterodm.nodes.health import HealthMonitor
 from clusterodm.nodes.ratelimit import RateLimiter
 from clusterodm.nodes.registry import NodeRegistry
+from clusterodm.nodes.resolver import DnsResolver
 from clusterodm.proxy.deps import DEPS, OptionsCache, ProxyDeps
 from clusterodm.proxy.endpoints import ROUTES
 from clusterodm.proxy.middleware import proxy_middleware
@@ -89,6 +91,28 @@ def build_concurrency(
         return status_code(await client.task_info(node, route.uuid))
 
     return ConcurrencyGate(table.all, routes.all, status_of)
+
+
+def build_discovery(settings: Settings, deps: ProxyDeps, store: Store) -> Discovery | None:
+    """``--nodes-from``: DNS names whose addresses are nodes (nodes/discovery.py)."""
+    sources = settings.discovery_sources()
+    if not sources:
+        return None
+    server = parse_dns_server(settings.dns_server) if settings.dns_server else None
+    discovery = Discovery(
+        sources,
+        DnsResolver(server, settings.dns_timeout_s),
+        deps.registry,
+        deps.client,
+        deps.routes,
+        deps.table,
+        store.list_routes,
+        settings.discovery_interval_s,
+        # an offline draining node leaves once failover could have moved its tasks
+        settings.failover.grace_s + settings.failover.check_s,
+    )
+    discovery.on_added = deps.health.wake
+    return discovery
 
 
 def build_proxy_app(deps: ProxyDeps, metrics: Metrics) -> web.Application:
@@ -338,6 +362,9 @@ async def start_cluster(settings: Settings) -> Cluster:
         dispatcher.store = store
         cluster.closers.append(pipelines.close_all)
         cluster.background(_every(60.0, pipelines.expire, "pipeline expiry"), "pipelines")
+    deps.discovery = discovery = build_discovery(settings, deps, store)
+    if discovery is not None and scaleout is not None:
+        discovery.leads = scaleout.leads  # one instance looks up; all read the shared list
     watch(cluster)
     try:
         if scaleout is not None:
@@ -347,6 +374,8 @@ async def start_cluster(settings: Settings) -> Cluster:
             cluster.background(scaleout.run_lease(), "leader lease")
             cluster.background(scaleout.run_events(), "instance notices")
             cluster.background(scaleout.run_scan(), "shared state scan")
+        if discovery is not None:
+            await discovery.resolve_once()  # each lookup bounded; a failure is only logged
         await health.refresh_all()
         if asr is not None:
             await start_autoscaler(cluster, asr)
@@ -354,6 +383,8 @@ async def start_cluster(settings: Settings) -> Cluster:
         if resumed:
             log.info("resuming %d unfinished dispatches", resumed)
         cluster.background(health.run(), "health")
+        if discovery is not None:
+            cluster.background(discovery.run(), "discovery")
         if isinstance(access, UsersAccess):
             cluster.background(access.watch(settings.users_reload_s), "users file")
         cluster.background(failover.run(), "failover")
@@ -416,7 +447,12 @@ def watch(cluster: Cluster) -> None:
     m.gauge(
         "clusterodm_slots_available",
         "Free task slots on online, unlocked nodes",
-        lambda: sum(reg.slots(n) for n in reg.online_nodes() if not n.locked),
+        lambda: sum(reg.slots(n) for n in reg.online_nodes() if not (n.locked or n.draining)),
+    )
+    m.gauge(
+        "clusterodm_nodes_discovered",
+        "Nodes found by --nodes-from (draining ones included)",
+        lambda: sum(1 for n in reg.nodes() if n.discovered),
     )
     m.gauge("clusterodm_queue_length", "Tasks waiting at the proxy", d.dispatcher.queue_length)
     m.gauge("clusterodm_routes", "Tasks routed to a node", lambda: len(d.routes))

@@ -49,6 +49,9 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "failover-retries": ("failover.max_moves", int),
     "keep-images-gb": ("dispatch.keep_images_bytes", lambda gb: int(float(gb) * 1024**3)),
     "no-early-forwarding": ("dispatch.early_forwarding", "negated"),
+    "nodes-from": ("nodes_from", lambda v: (v,) if isinstance(v, str) else tuple(map(str, v))),
+    "discovery-interval": ("discovery_interval_s", float),
+    "dns-server": ("dns_server", str),
 }
 
 
@@ -137,6 +140,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=S,
         help="stage a task's images and send them to a node after commit, as the original "
         "does (default: relay each upload to a free node while it arrives)",
+    )
+    a(
+        "--nodes-from",
+        action="append",
+        default=S,
+        metavar="URL",
+        help="discover nodes: dns://NAME:PORT (every A/AAAA address is a node) or "
+        "dns+srv://_SERVICE._tcp.NAME (SRV hosts and ports); ?token=T for their token; "
+        "repeatable",
+    )
+    a(
+        "--discovery-interval",
+        type=float,
+        default=S,
+        metavar="SECONDS",
+        help="how often --nodes-from names are resolved again (default 15)",
+    )
+    a(
+        "--dns-server",
+        default=S,
+        metavar="IP[:PORT]",
+        help="DNS server for --nodes-from, e.g. 127.0.0.1:8600 for Consul (default: system's)",
     )
     a("--version", action="version", version=f"ClusterODM {__version__}")
     return p

@@ -7,9 +7,13 @@ Imports only ``errors``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from yarl import URL
 
 from clusterodm.errors import InvalidRequest
 
@@ -79,6 +83,81 @@ class LightningSettings:
     backoff_max_s: float = 30.0
 
 
+DISCOVERY_SCHEMES = ("dns", "dns+srv")
+_DNS_NAME_RE = re.compile(r"^(?=.{1,253}\.?$)[a-z0-9_][a-z0-9_-]{0,62}(?:\.[a-z0-9_-]{1,63})*\.?$")
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverySource:
+    """One ``--nodes-from`` URL: ``dns://name:port`` (A and AAAA records, one port for all) or
+    ``dns+srv://_service._tcp.name`` (hosts and ports from SRV records); ``?token=`` is the
+    token of the nodes it finds. ``label`` names it in logs and on nodes, without the token."""
+
+    kind: str  # "dns" or "dns+srv"
+    name: str
+    port: int | None
+    token: str = ""
+
+    @property
+    def label(self) -> str:
+        return str(URL.build(scheme=self.kind, host=self.name, port=self.port))
+
+    @classmethod
+    def parse(cls, text: str) -> DiscoverySource:
+        """Strictly: a known scheme, a DNS name, a port only for ``dns://``, only ``token``."""
+        try:
+            url = URL(text.strip())
+            port = url.explicit_port
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--nodes-from: {text!r} is not a URL") from e
+        if url.scheme not in DISCOVERY_SCHEMES:
+            raise ConfigError(f"--nodes-from: {url.scheme!r} is not dns:// or dns+srv://")
+        name = (url.raw_host or "").lower()
+        if not _DNS_NAME_RE.match(name) or _is_ip(name):
+            raise ConfigError(f"--nodes-from: {name!r} is not a DNS name")
+        if url.user or url.password or url.fragment or url.path not in ("", "/"):
+            raise ConfigError("--nodes-from: only scheme, name, port and ?token= are allowed")
+        extra = set(url.query) - {"token"}
+        if extra:
+            raise ConfigError(f"--nodes-from: unknown parameter {sorted(extra)[0]!r}")
+        if url.scheme == "dns" and port is None:
+            raise ConfigError(f"--nodes-from: {text!r} needs a port (dns://name:3000)")
+        if url.scheme == "dns+srv" and port is not None:
+            raise ConfigError("--nodes-from: dns+srv:// takes its ports from the SRV records")
+        if port is not None and not 1 <= port <= 65535:
+            raise ConfigError(f"--nodes-from: {port} is not a port number")
+        return cls(url.scheme, name.rstrip("."), port, url.query.get("token", ""))
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_dns_server(text: str) -> tuple[str, int]:
+    """``--dns-server``: ``IP`` or ``IP:PORT`` (``[IPv6]:PORT``); port 53 by default."""
+    host, port = text.strip(), 53
+    if host.startswith("["):
+        inner, sep, rest = host[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(f"--dns-server: {text!r} is not IP[:PORT]")
+        host, port_text = inner, rest[1:]
+    elif host.count(":") == 1:
+        host, port_text = host.split(":")
+    else:
+        port_text = ""
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ConfigError(f"--dns-server: {port_text!r} is not a port number")
+        port = int(port_text)
+    if not _is_ip(host):
+        raise ConfigError(f"--dns-server: {host!r} is not an IP address")
+    return host, port
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """All settings of one cluster process."""
@@ -121,6 +200,10 @@ class Settings:
     failover: FailoverSettings = field(default_factory=FailoverSettings)
     scale_out: ScaleOutSettings = field(default_factory=ScaleOutSettings)
     max_queue: int | None = None  # tasks waiting at the proxy; None = no bound
+    nodes_from: tuple[str, ...] = ()  # --nodes-from URLs (nodes/discovery.py)
+    discovery_interval_s: float = 15.0  # how often --nodes-from names are resolved again
+    dns_server: str = ""  # "" = the system's resolvers; IP[:PORT] asks that server instead
+    dns_timeout_s: float = 5.0  # one discovery lookup (A and AAAA, or SRV and its targets)
 
     def validate(self) -> Settings:
         """Check cross-field rules; raise ConfigError naming the key."""
@@ -165,9 +248,24 @@ class Settings:
                 f"--store: {_redact(self.store)!r} is not a redis:// or rediss:// URL "
                 "(leave it empty for SQLite in --data-dir)"
             )
+        self.discovery_sources()
+        if self.dns_server:
+            parse_dns_server(self.dns_server)
+        if not 0 < self.discovery_interval_s <= 86400:
+            raise ConfigError("--discovery-interval must be between 0 and 86400 seconds")
         if self.public_address and not self.public_address.startswith(("http://", "https://")):
             raise ConfigError("--public-address must start with http:// or https://")
         return self
+
+    def discovery_sources(self) -> list[DiscoverySource]:
+        """``--nodes-from`` parsed (raises ConfigError); a source given twice counts once."""
+        out: list[DiscoverySource] = []
+        for text in self.nodes_from:
+            source = DiscoverySource.parse(text)
+            if source.label in {s.label for s in out}:
+                raise ConfigError(f"--nodes-from: {source.label} is given twice")
+            out.append(source)
+        return out
 
     @property
     def ssl(self) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 from clusterodm.admin.commands import AdminCommands, NodeOutOfRange, NodeView
 from clusterodm.errors import ClusterError, NodeError, TaskNotFound
 from clusterodm.nodes.address import BadAddress
+from clusterodm.nodes.discovery import NodeIsDiscovered
 from clusterodm.numbers import BadNumber, parse_decimal
 
 log = logging.getLogger("clusterodm.admin.telnet")
@@ -107,7 +108,11 @@ async def _node_add(cmds: AdminCommands, args: list[str]) -> list[str]:
 @command("NODE DEL", "<node number>", "Remove a node")
 async def _node_del(cmds: AdminCommands, args: list[str]) -> list[str]:
     _need(args, 1)
-    await cmds.node_del(_number(args[0], "node number", FAIL))
+    try:
+        await cmds.node_del(_number(args[0], "node number", FAIL))
+    except NodeIsDiscovered as e:
+        log.info("admin CLI: NODE DEL refused: %s", e.message)
+        return [e.message, *FAIL]  # the reason, then the reply scripts look for
     return OK
 
 

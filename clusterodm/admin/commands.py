@@ -25,6 +25,7 @@ from clusterodm import __version__
 from clusterodm.errors import ClusterError, InvalidRequest, NodeError, TaskNotFound
 from clusterodm.model import Node, Route, TaskEntry, TaskStatus
 from clusterodm.nodes.address import check_port
+from clusterodm.nodes.discovery import NodeIsDiscovered
 from clusterodm.proxy.deps import ProxyDeps
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ class NodeView:
             out.append("L")
         if self.node.auto_spawned:
             out.append("A")
+        if self.node.discovered:
+            out.append("D")  # found by --nodes-from; "draining" once DNS stops listing it
+        if self.node.draining:
+            out.append("draining")
         return out
 
     def line(self) -> str:
@@ -120,6 +125,8 @@ class NodeView:
             "name": self.name,
             "isLocked": self.node.locked,
             "isAutoSpawned": self.node.auto_spawned,
+            "discoveredBy": self.node.discovered or None,
+            "isDraining": self.node.draining,
             "isOnline": self.online,
             "getTaskQueueCount": self.queue,
             "getMaxParallelTasks": self.max_parallel,
@@ -176,6 +183,11 @@ class AdminCommands:
     async def node_del(self, number: int) -> NodeView:
         """Remove a node and its routes (the store drops them; memory is cleared here)."""
         view = self.node(number)
+        if view.node.discovered:
+            raise NodeIsDiscovered(
+                f"Node {view.name} comes from {view.node.discovered}: it leaves when DNS stops "
+                "listing it (NODE LOCK stops new tasks)"
+            )
         await self.deps.registry.remove(view.node.key)
         self.deps.routes.forget_node(view.node.key)
         return view
@@ -191,7 +203,10 @@ class AdminCommands:
         return self.node(number).node_data()
 
     async def node_update(self) -> None:
-        """Refresh every node's /info now and wait for the answers (each probe is bounded)."""
+        """Look ``--nodes-from`` up again, then refresh every node's /info now and wait for the
+        answers (each lookup and probe is bounded)."""
+        if self.deps.discovery is not None:
+            await self.deps.discovery.resolve_once(force=True)
         await self.deps.health.refresh_all()
 
     def node_best(self, images: int) -> NodeView | None:

@@ -193,12 +193,15 @@ class NodeRegistry:
         port: int,
         token: str = "",
         machine: dict[str, Any] | None = None,
+        discovered: str = "",
     ) -> Node:
         hostname = check_hostname(hostname)  # BadAddress: never a node whose URL cannot be built
         port = check_port(port)
         if self.get(node_key(hostname, port)) is not None:
             raise InvalidRequest(f"Node {node_key(hostname, port)} already exists")
-        node = Node(hostname=hostname, port=port, token=token, machine=machine)
+        node = Node(
+            hostname=hostname, port=port, token=token, machine=machine, discovered=discovered
+        )
         await self._store.put_node(node)
         self._generation += 1  # after the write: a list read before it is stale
         self._nodes.append(node)
@@ -227,6 +230,12 @@ class NodeRegistry:
 
     async def set_machine(self, key: str, machine: dict[str, Any] | None) -> Node | None:
         updated = await self._update(key, machine=machine)
+        await self._announce()
+        return updated
+
+    async def set_discovery(self, key: str, **changes: Any) -> Node | None:
+        """Discovery's own fields of a node it found (``draining``, ``token``, ``discovered``)."""
+        updated = await self._update(key, **changes)
         await self._announce()
         return updated
 

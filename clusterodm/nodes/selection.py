@@ -27,12 +27,13 @@ class NodeState:
 
 
 def candidates(states: Sequence[NodeState], images: int) -> list[NodeState]:
-    """Online, unlocked, static nodes that can take ``images`` images, best first."""
+    """Online, unlocked, not draining, static nodes that can take ``images`` images, best first."""
     eligible = [
         s
         for s in states
         if s.online
         and not s.node.locked
+        and not s.node.draining
         and not s.node.auto_spawned
         and s.node.info is not None
         and (s.node.info.max_images is None or s.node.info.max_images >= images)

@@ -13,6 +13,7 @@ from clusterodm.access.guard import FailedTokenGuard
 from clusterodm.config import Settings
 from clusterodm.errors import NoNodeAvailable
 from clusterodm.nodes.client import NodeClient
+from clusterodm.nodes.discovery import Discovery
 from clusterodm.nodes.health import HealthMonitor
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.tasks.actions import TaskActions
@@ -64,6 +65,7 @@ class ProxyDeps:
     options: OptionsCache
     actions: TaskActions
     guard: FailedTokenGuard = field(default_factory=lambda: FailedTokenGuard(10, 600.0))
+    discovery: Discovery | None = None  # --nodes-from
 
 
 DEPS = web.AppKey("deps", ProxyDeps)

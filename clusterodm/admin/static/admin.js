@@ -118,6 +118,10 @@
         if (n.isAutoSpawned) {
           flags.append(el("span", { className: "pill flag", title: "Auto-spawned", text: "A" }));
         }
+        if (n.discoveredBy) {
+          const title = `Discovered by ${n.discoveredBy}${n.isDraining ? ", draining" : ""}`;
+          flags.append(el("span", { className: "pill flag", title, text: n.isDraining ? "D…" : "D" }));
+        }
         const lock = n.isLocked
           ? el("button", { className: "unlock", text: "Unlock", onclick: () => nodeAction(n, "/r/node/unlock", "POST") })
           : el("button", { className: "lock", text: "Lock", onclick: () => nodeAction(n, "/r/node/lock", "POST") });

@@ -1,0 +1,345 @@
+"""Discovery from DNS (``--nodes-from``) against a real DNS server on loopback (dnslib) and real
+nodes on 127.0.0.2, 127.0.0.3, ... sharing one port, as ``docker compose --scale`` gives them."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clusterodm.admin.commands import AdminCommands
+from clusterodm.app import Cluster
+from clusterodm.cli import parse_settings
+from clusterodm.config import ConfigError, DiscoverySource
+from clusterodm.nodes.discovery import Discovery, NodeIsDiscovered
+from clusterodm.nodes.resolver import DnsResolver, Found, LookupFailed
+from clusterodm.simnode import SimNode, SimNodeConfig, start_simnode
+from tests.conftest import ClusterFactory
+from tests.dns_server import LoopbackDns
+from tests.e2e.test_queue_failover import FAST, info, new_task
+from tests.helpers import eventually
+
+INTERVAL_S = 0.3
+NAME = "nodeodm.test"
+
+
+@pytest.fixture
+def dns() -> Iterator[LoopbackDns]:
+    server = LoopbackDns()
+    yield server
+    server.stop()
+
+
+def shared_port(hosts: list[str]) -> int:
+    """A port free on every one of ``hosts`` (compose gives every replica the same port)."""
+    for _ in range(20):
+        with socket.socket() as s:
+            s.bind((hosts[0], 0))
+            port = int(s.getsockname()[1])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no port free on all of " + ", ".join(hosts))
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[list[SimNode]]:
+    """Three simulated nodes on 127.0.0.2-4, one port, 1.5 s per task."""
+    hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    port = shared_port(hosts)
+    nodes = [await start_simnode(SimNodeConfig(test_seconds=1.5), h, port) for h in hosts]
+    yield nodes
+    for node in nodes:
+        await node.stop()
+
+
+def discovering(dns: LoopbackDns, *urls: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "nodes_from": urls,
+        "dns_server": dns.address,
+        "discovery_interval_s": INTERVAL_S,
+        "dns_timeout_s": 0.5,
+        **FAST,
+        **extra,
+    }
+
+
+def keys(cluster: Cluster) -> list[str]:
+    return [n.key for n in cluster.registry.nodes()]
+
+
+def discovery_of(cluster: Cluster) -> Discovery:
+    assert cluster.deps.discovery is not None
+    return cluster.deps.discovery
+
+
+# --- the resolver -----------------------------------------------------------------------------
+
+
+async def test_resolver_reads_a_aaaa_and_srv(dns: LoopbackDns) -> None:
+    dns.set_a(NAME, ["127.0.0.3", "127.0.0.2", "::1"])
+    dns.set_a("n1.test", ["127.0.0.1"])
+    dns.set_srv("_nodeodm._tcp.test", [("n1.test", 3001), ("n1.test", 3002), (".", 9)])
+    resolver = DnsResolver(("127.0.0.1", dns.port), timeout_s=0.5)
+    found = await resolver.lookup(DiscoverySource.parse(f"dns://{NAME}:3000"))
+    assert found == [Found("127.0.0.2", 3000), Found("127.0.0.3", 3000), Found("::1", 3000)]
+    srv = await resolver.lookup(DiscoverySource.parse("dns+srv://_nodeodm._tcp.test"))
+    assert srv == [Found("127.0.0.1", 3001), Found("127.0.0.1", 3002)]
+    assert await resolver.lookup(DiscoverySource.parse("dns://absent.test:3000")) == []
+
+
+async def test_resolver_tells_failure_from_absence(dns: LoopbackDns) -> None:
+    dns.set_a(NAME, ["127.0.0.2"])
+    resolver = DnsResolver(("127.0.0.1", dns.port), timeout_s=0.5)
+    source = DiscoverySource.parse(f"dns://{NAME}:3000")
+    dns.fail(NAME)
+    with pytest.raises(LookupFailed):
+        await resolver.lookup(source)
+    dns.stop()
+    with pytest.raises(LookupFailed):
+        await resolver.lookup(source)
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "dns://nodeodm",  # no port
+        "http://nodeodm:3000",
+        "dns://127.0.0.1:3000",  # an address: NODE ADD it
+        "dns://user:pw@nodeodm:3000",
+        "dns://nodeodm:3000/path",
+        "dns://nodeodm:3000?tok=x",
+        "dns://nodeodm:70000",
+        "dns+srv://_n._tcp.x:3000",
+        "dns://no de:3000",
+    ],
+)
+def test_bad_sources_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError):
+        DiscoverySource.parse(text)
+
+
+@given(st.text(max_size=80))
+def test_any_text_parses_or_is_refused_cleanly(text: str) -> None:
+    for candidate in (text, f"dns://{text}:3000", f"dns+srv://{text}"):
+        try:
+            source = DiscoverySource.parse(candidate)
+        except ConfigError:
+            continue
+        assert source.kind in ("dns", "dns+srv") and source.name
+        assert "token" not in source.label
+
+
+def test_flags_and_config_file(tmp_path: Any) -> None:
+    flags = ["--nodes-from", "dns://a.test:3000?token=t", "--nodes-from", "dns+srv://_n._tcp.b"]
+    s = parse_settings([*flags, "--discovery-interval", "5", "--dns-server", "127.0.0.1:8600"])
+    sources = s.discovery_sources()
+    assert [x.label for x in sources] == ["dns://a.test:3000", "dns+srv://_n._tcp.b"]
+    assert sources[0].token == "t" and s.discovery_interval_s == 5.0
+    config = tmp_path / "c.json"
+    config.write_text('{"nodes-from": ["dns://a.test:3000"], "discovery-interval": 2}')
+    s = parse_settings(["--config", str(config)])
+    assert s.nodes_from == ("dns://a.test:3000",) and s.discovery_interval_s == 2.0
+    for bad in (["--dns-server", "dns.example"], ["--discovery-interval", "0"]):
+        with pytest.raises(ConfigError):
+            parse_settings(bad)
+    with pytest.raises(ConfigError):
+        parse_settings(["--nodes-from", "dns://a.test:3000", "--nodes-from", "dns://a.test:3000"])
+
+
+# --- the cluster ------------------------------------------------------------------------------
+
+
+async def test_added_address_takes_tasks_within_one_interval(
+    dns: LoopbackDns, replicas: list[SimNode], cluster_factory: ClusterFactory
+) -> None:
+    a, b, _ = replicas
+    dns.set_a(NAME, [a.host])
+    cluster = await cluster_factory(**discovering(dns, f"dns://{NAME}:{a.port}"))
+    assert keys(cluster) == [f"{a.host}:{a.port}"]
+    admin = AdminCommands(cluster.deps)
+    line = admin.nodes()[0].line()
+    assert line.endswith("[D]"), line
+
+    dns.set_a(NAME, [a.host, b.host])
+    b_key = f"{b.host}:{b.port}"
+    node_b = await eventually(
+        lambda: (n := cluster.registry.get(b_key)) is not None and cluster.registry.is_online(n),
+        timeout_s=INTERVAL_S + 2.0,
+        message="the new address online",
+    )
+    assert node_b
+    # lockable like any node: lock the first, the next task goes to the new one
+    await admin.node_lock(1, True)
+    async with aiohttp.ClientSession() as s:
+        uuid = await new_task(s, cluster.url)
+    await eventually(lambda: uuid in b.tasks, message="task on the discovered node")
+    assert uuid not in a.tasks
+
+    with pytest.raises(NodeIsDiscovered, match=r"dns://nodeodm\.test"):
+        await admin.node_del(2)
+    assert b_key in keys(cluster)
+    web = [item for item in (v.list_item() for v in admin.nodes()) if item["name"] == b_key]
+    assert web[0]["discoveredBy"] == f"dns://{NAME}:{a.port}" and not web[0]["isDraining"]
+
+
+async def test_removed_address_drains_its_task_then_leaves(
+    dns: LoopbackDns, replicas: list[SimNode], cluster_factory: ClusterFactory
+) -> None:
+    a, b, _ = replicas
+    dns.set_a(NAME, [a.host])
+    cluster = await cluster_factory(**discovering(dns, f"dns://{NAME}:{a.port}"))
+    discovery_of(cluster).linger_s = 0.0
+    a_key = f"{a.host}:{a.port}"
+    async with aiohttp.ClientSession() as s:
+        running = await new_task(s, cluster.url)
+        await eventually(lambda: running in a.tasks, message="task on the first node")
+        dns.set_a(NAME, [b.host])  # compose replaced the replica
+        await eventually(
+            lambda: (n := cluster.registry.get(a_key)) is not None and n.draining,
+            timeout_s=INTERVAL_S + 2.0,
+            message="the vanished address drained",
+        )
+        line = next(v.line() for v in AdminCommands(cluster.deps).nodes() if v.name == a_key)
+        assert line.endswith("[D,draining]"), line
+        await eventually(lambda: len(cluster.registry.online_nodes()) == 2, message="b online")
+        fresh = await new_task(s, cluster.url)
+        await eventually(lambda: fresh in b.tasks, message="new task on the new node")
+        assert fresh not in a.tasks, "a draining node takes no new task"
+        assert a_key in keys(cluster), "kept while its task runs"
+
+        async def done() -> bool:
+            return bool((await info(s, cluster.url, running))["status"]["code"] == 40)
+
+        await eventually(done, timeout_s=15, message="the drained node's task completed")
+        await eventually(
+            lambda: a_key not in keys(cluster), timeout_s=5, message="drained node left"
+        )
+    assert keys(cluster) == [f"{b.host}:{b.port}"]
+
+
+async def test_dns_failure_keeps_the_last_answer(
+    dns: LoopbackDns,
+    replicas: list[SimNode],
+    cluster_factory: ClusterFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a, b, _ = replicas
+    dns.set_a(NAME, [a.host, b.host])
+    cluster = await cluster_factory(**discovering(dns, f"dns://{NAME}:{a.port}"))
+    expected = sorted([f"{a.host}:{a.port}", f"{b.host}:{b.port}"])
+    assert sorted(keys(cluster)) == expected
+    caplog.set_level(logging.INFO, logger="clusterodm.nodes.discovery")
+
+    dns.remove(NAME)  # "no such name" for a moment: not an order to empty the cluster
+    await eventually(lambda: "answered no address" in caplog.text, timeout_s=3)
+    dns.fail(NAME)
+    await eventually(lambda: "lookup failed" in caplog.text, timeout_s=3)
+    dns.stop()
+    await eventually(
+        lambda: caplog.text.count("keeping its last 2 nodes") >= 2, timeout_s=3, message="logged"
+    )
+    await discovery_of(cluster).resolve_once(force=True)  # NODE UPDATE while DNS is down
+    assert sorted(keys(cluster)) == expected
+    assert not any(n.draining for n in cluster.registry.nodes())
+    assert len(cluster.registry.online_nodes()) == 2
+
+
+async def test_one_failing_source_leaves_the_others(
+    dns: LoopbackDns, replicas: list[SimNode], cluster_factory: ClusterFactory
+) -> None:
+    a, b, c = replicas
+    dns.set_a("one.test", [a.host])
+    dns.set_a("two.test", [b.host])
+    dns.fail("one.test")
+    cluster = await cluster_factory(
+        **discovering(dns, f"dns://one.test:{a.port}", f"dns://two.test:{b.port}")
+    )
+    assert keys(cluster) == [f"{b.host}:{b.port}"]
+    dns.set_a("two.test", [b.host, c.host])
+    await eventually(lambda: f"{c.host}:{c.port}" in keys(cluster), timeout_s=INTERVAL_S + 2)
+    dns.fail("one.test", False)
+    await eventually(lambda: f"{a.host}:{a.port}" in keys(cluster), timeout_s=INTERVAL_S + 2)
+    assert discovery_of(cluster).failures == {}
+
+
+async def test_srv_records_with_two_ports(
+    dns: LoopbackDns, simnode_factory: Any, cluster_factory: ClusterFactory
+) -> None:
+    one, two = await simnode_factory(), await simnode_factory()
+    dns.set_a("host.test", ["127.0.0.1"])
+    dns.set_srv("_nodeodm._tcp.test", [("host.test", one.port), ("host.test", two.port)])
+    cluster = await cluster_factory(**discovering(dns, "dns+srv://_nodeodm._tcp.test?token=tok"))
+    assert sorted(keys(cluster)) == sorted(f"127.0.0.1:{p}" for p in (one.port, two.port))
+    assert {n.token for n in cluster.registry.nodes()} == {"tok"}
+    assert {n.discovered for n in cluster.registry.nodes()} == {"dns+srv://_nodeodm._tcp.test"}
+
+
+async def test_manual_node_is_left_alone(
+    dns: LoopbackDns, replicas: list[SimNode], cluster_factory: ClusterFactory
+) -> None:
+    a, b, _ = replicas
+    dns.set_a(NAME, [a.host])
+    cluster = await cluster_factory(**discovering(dns, f"dns://{NAME}:{a.port}"))
+    await cluster.registry.add(b.host, b.port)
+    dns.set_a(NAME, [a.host, b.host])  # DNS now also lists the hand-added node
+    await discovery_of(cluster).resolve_once(force=True)
+    node_b = cluster.registry.get(f"{b.host}:{b.port}")
+    assert node_b is not None and node_b.discovered == ""
+    dns.set_a(NAME, [a.host])
+    await discovery_of(cluster).resolve_once(force=True)
+    assert not cluster.registry.nodes()[1].draining
+
+
+async def test_real_node_found_by_dns(
+    dns: LoopbackDns, real_node_factory: Any, cluster_factory: ClusterFactory
+) -> None:
+    """The real NodeODM listens on every address, so 127.0.0.3 reaches it as a replica."""
+    real = await real_node_factory(test_seconds=1, token="nodetok")
+    dns.set_a(NAME, ["127.0.0.3"])
+    cluster = await cluster_factory(**discovering(dns, f"dns://{NAME}:{real.port}?token=nodetok"))
+    key = f"127.0.0.3:{real.port}"
+    await eventually(
+        lambda: (n := cluster.registry.get(key)) is not None and cluster.registry.is_online(n),
+        message="real node online",
+    )
+    async with aiohttp.ClientSession() as s:
+        uuid = await new_task(s, cluster.url, images=2)
+
+        async def completed() -> bool:
+            return bool((await info(s, cluster.url, uuid))["status"]["code"] == 40)
+
+        await eventually(completed, timeout_s=30, message="task completed on the real node")
+    assert real.images(uuid), "the real node received the images"
+
+
+async def test_instances_on_one_redis_share_one_list(
+    dns: LoopbackDns, replicas: list[SimNode], cluster_factory: ClusterFactory, store_url: str
+) -> None:
+    a, b, _ = replicas
+    dns.set_a(NAME, [a.host])
+    settings = discovering(dns, f"dns://{NAME}:{a.port}", store=store_url)
+    first = await cluster_factory(**settings)
+    second = await cluster_factory(**settings)
+    assert keys(first) == [f"{a.host}:{a.port}"]
+    await eventually(lambda: keys(second) == keys(first), message="second reads the list")
+    dns.set_a(NAME, [a.host, b.host])
+    both = sorted([f"{a.host}:{a.port}", f"{b.host}:{b.port}"])
+    await eventually(lambda: sorted(keys(first)) == both, timeout_s=5)
+    await eventually(lambda: sorted(keys(second)) == both, timeout_s=5)
+    await AdminCommands(second.deps).node_update()  # a lookup on the instance that does not lead
+    stored = await first.store.list_nodes()
+    assert sorted(n.key for n in stored) == both, "one list, no duplicates"
