@@ -150,7 +150,7 @@ def parse_dns_server(text: str) -> tuple[str, int]:
     else:
         port_text = ""
     if port_text:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
             raise ConfigError(f"--dns-server: {port_text!r} is not a port number")
         port = int(port_text)
     if not _is_ip(host):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -14,12 +15,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clusterodm.admin.commands import AdminCommands
+from clusterodm.admin.telnet import execute
 from clusterodm.app import Cluster
 from clusterodm.cli import parse_settings
-from clusterodm.config import ConfigError, DiscoverySource
+from clusterodm.config import ConfigError, DiscoverySource, parse_dns_server
 from clusterodm.nodes.discovery import Discovery, NodeIsDiscovered
 from clusterodm.nodes.resolver import DnsResolver, Found, LookupFailed
 from clusterodm.simnode import SimNode, SimNodeConfig, start_simnode
+from tests.admin.test_web import serve_admin
 from tests.conftest import ClusterFactory
 from tests.dns_server import LoopbackDns
 from tests.e2e.test_queue_failover import FAST, info, new_task
@@ -143,6 +146,15 @@ def test_any_text_parses_or_is_refused_cleanly(text: str) -> None:
         assert "token" not in source.label
 
 
+@given(st.text(max_size=60))
+def test_any_dns_server_text_parses_or_is_refused_cleanly(text: str) -> None:
+    try:
+        host, port = parse_dns_server(text)
+    except ConfigError:
+        return
+    assert host and 1 <= port <= 65535
+
+
 def test_flags_and_config_file(tmp_path: Any) -> None:
     flags = ["--nodes-from", "dns://a.test:3000?token=t", "--nodes-from", "dns+srv://_n._tcp.b"]
     s = parse_settings([*flags, "--discovery-interval", "5", "--dns-server", "127.0.0.1:8600"])
@@ -175,6 +187,7 @@ async def test_added_address_takes_tasks_within_one_interval(
     assert line.endswith("[D]"), line
 
     dns.set_a(NAME, [a.host, b.host])
+    changed = time.monotonic()
     b_key = f"{b.host}:{b.port}"
     node_b = await eventually(
         lambda: (n := cluster.registry.get(b_key)) is not None and cluster.registry.is_online(n),
@@ -182,6 +195,7 @@ async def test_added_address_takes_tasks_within_one_interval(
         message="the new address online",
     )
     assert node_b
+    print(f"address added to DNS -> node online: {time.monotonic() - changed:.2f} s")
     # lockable like any node: lock the first, the next task goes to the new one
     await admin.node_lock(1, True)
     async with aiohttp.ClientSession() as s:
@@ -228,6 +242,29 @@ async def test_removed_address_drains_its_task_then_leaves(
         await eventually(
             lambda: a_key not in keys(cluster), timeout_s=5, message="drained node left"
         )
+    assert keys(cluster) == [f"{b.host}:{b.port}"]
+
+
+async def test_removed_address_that_died_fails_its_task_over_then_leaves(
+    dns: LoopbackDns, replicas: list[SimNode], cluster_factory: ClusterFactory
+) -> None:
+    """Compose scaled down: the container is gone with its task; failover moves the task."""
+    a, b, _ = replicas
+    dns.set_a(NAME, [a.host])
+    cluster = await cluster_factory(**discovering(dns, f"dns://{NAME}:{a.port}"))
+    a_key = f"{a.host}:{a.port}"
+    async with aiohttp.ClientSession() as s:
+        uuid = await new_task(s, cluster.url)
+        await eventually(lambda: uuid in a.tasks, message="task on the first node")
+        await a.stop()
+        dns.set_a(NAME, [b.host])
+        await eventually(lambda: uuid in b.tasks, timeout_s=10, message="task moved to b")
+        await eventually(lambda: a_key not in keys(cluster), timeout_s=10, message="dead node left")
+
+        async def done() -> bool:
+            return bool((await info(s, cluster.url, uuid))["status"]["code"] == 40)
+
+        await eventually(done, timeout_s=15, message="the moved task completed")
     assert keys(cluster) == [f"{b.host}:{b.port}"]
 
 
@@ -343,3 +380,31 @@ async def test_instances_on_one_redis_share_one_list(
     await AdminCommands(second.deps).node_update()  # a lookup on the instance that does not lead
     stored = await first.store.list_nodes()
     assert sorted(n.key for n in stored) == both, "one list, no duplicates"
+
+
+async def test_admin_fronts_mark_refuse_and_update_at_once(
+    dns: LoopbackDns, replicas: list[SimNode], cluster_factory: ClusterFactory
+) -> None:
+    a, b, _ = replicas
+    dns.set_a(NAME, [a.host])
+    slow = discovering(dns, f"dns://{NAME}:{a.port}", discovery_interval_s=3600.0)
+    cluster = await cluster_factory(**slow)
+    cmds = AdminCommands(cluster.deps)
+    listing = await execute(cmds, "NODE LIST")
+    assert listing[0].endswith("[D]") and listing[-1] == ""
+    refused = await execute(cmds, "NODE DEL 1")
+    assert refused[-1] == "FAIL" and f"dns://{NAME}:{a.port}" in refused[0]
+
+    url = await serve_admin(cluster)
+    async with aiohttp.ClientSession() as s:
+        async with s.delete(f"{url}/r/node", json={"number": 1}) as r:
+            assert r.status == 400
+            assert "leaves when DNS stops listing it" in (await r.json())["error"]
+        async with s.get(f"{url}/r/node/list") as r:
+            (item,) = await r.json()
+        assert item["discoveredBy"] == f"dns://{NAME}:{a.port}" and item["isDraining"] is False
+
+    dns.set_a(NAME, [a.host, b.host])
+    assert await execute(cmds, "NODE UPDATE") == ["OK"]  # no wait for the hour-long interval
+    node_b = cluster.registry.get(f"{b.host}:{b.port}")
+    assert node_b is not None and cluster.registry.is_online(node_b)
