@@ -96,7 +96,7 @@ class DiscoverySource:
     kind: str  # "dns" or "dns+srv"
     name: str
     port: int | None
-    token: str = ""
+    token: str = field(default="", repr=False)
 
     @property
     def label(self) -> str:
@@ -251,7 +251,8 @@ class Settings:
         self.discovery_sources()
         if self.dns_server:
             parse_dns_server(self.dns_server)
-        if not 0 < self.discovery_interval_s <= 86400:
+        interval = self.discovery_interval_s
+        if not isinstance(interval, int | float) or not 0 < interval <= 86400:
             raise ConfigError("--discovery-interval must be between 0 and 86400 seconds")
         if self.public_address and not self.public_address.startswith(("http://", "https://")):
             raise ConfigError("--public-address must start with http:// or https://")
@@ -260,7 +261,7 @@ class Settings:
     def discovery_sources(self) -> list[DiscoverySource]:
         """``--nodes-from`` parsed (raises ConfigError); a source given twice counts once."""
         out: list[DiscoverySource] = []
-        for text in self.nodes_from:
+        for text in self.nodes_from or ():
             source = DiscoverySource.parse(text)
             if source.label in {s.label for s in out}:
                 raise ConfigError(f"--nodes-from: {source.label} is given twice")

@@ -168,6 +168,12 @@ def test_flags_and_config_file(tmp_path: Any) -> None:
     for bad in (["--dns-server", "dns.example"], ["--discovery-interval", "0"]):
         with pytest.raises(ConfigError):
             parse_settings(bad)
+    for text in ('{"discovery-interval": null}', '{"nodes-from": 5}', '{"nodes-from": [{}]}'):
+        config.write_text(text)
+        with pytest.raises(ConfigError):
+            parse_settings(["--config", str(config)])
+    config.write_text('{"nodes-from": null}')
+    assert parse_settings(["--config", str(config)]).discovery_sources() == []
     with pytest.raises(ConfigError):
         parse_settings(["--nodes-from", "dns://a.test:3000", "--nodes-from", "dns://a.test:3000"])
 
