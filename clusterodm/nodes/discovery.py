@@ -81,6 +81,7 @@ class Discovery:
         self.failures: dict[str, str] = {}  # source label -> why its last lookup failed
         self.linger_s = DRAIN_LINGER_S
         self._offline_since: dict[str, float] = {}
+        self._round_routes: list[Route] | None = None  # read once per round, when needed
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         #: False while another instance looks up for the whole cluster (shared store)
@@ -127,6 +128,7 @@ class Discovery:
 
     # --- applying ------------------------------------------------------------------------
     async def _apply(self) -> None:
+        self._round_routes = None
         by_label = {s.label: s for s in self.sources}
         wanted: dict[str, tuple[Found, DiscoverySource]] = {}
         for label, listed in self.answers.items():
@@ -176,11 +178,13 @@ class Discovery:
             for t in self.table.entries()
         ):
             return False  # landed tasks keep their images: failover moves them if it dies
-        routes = [r for r in await self.list_routes() if r.node_key == key]
         if not self.registry.is_online(node):
             since = self._offline_since.setdefault(key, self.clock())
             return self.clock() - since >= self.offline_grace_s
         self._offline_since.pop(key, None)
+        if self._round_routes is None:
+            self._round_routes = await self.list_routes()
+        routes = [r for r in self._round_routes if r.node_key == key]
         now_ms = int(self.clock() * 1000)
         gate = asyncio.Semaphore(TASK_CHECK_CONCURRENCY)
 
