@@ -94,9 +94,14 @@ def build_concurrency(
 
 
 def build_discovery(settings: Settings, deps: ProxyDeps, store: Store) -> Discovery | None:
-    """``--nodes-from``: DNS names whose addresses are nodes (nodes/discovery.py)."""
+    """``--nodes-from``: DNS names whose addresses are nodes (nodes/discovery.py). Without
+    it, a cluster of its own still drains the nodes a former ``--nodes-from`` found; with a
+    shared store that is left to the instances that have the flag."""
     sources = settings.discovery_sources()
-    if not sources:
+    leftovers = not isinstance(store, RedisStore) and any(
+        n.discovered for n in deps.registry.nodes()
+    )
+    if not sources and not leftovers:
         return None
     server = parse_dns_server(settings.dns_server) if settings.dns_server else None
     discovery = Discovery(

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from clusterodm.admin.commands import AdminCommands
 from clusterodm.admin.telnet import execute
-from clusterodm.app import Cluster
+from clusterodm.app import Cluster, start_cluster
 from clusterodm.cli import parse_settings
 from clusterodm.config import ConfigError, DiscoverySource, parse_dns_server
 from clusterodm.nodes.discovery import Discovery, NodeIsDiscovered
@@ -24,6 +24,7 @@ from clusterodm.nodes.resolver import DnsResolver, Found, LookupFailed
 from clusterodm.simnode import SimNode, SimNodeConfig, start_simnode
 from tests.admin.test_web import serve_admin
 from tests.conftest import ClusterFactory
+from tests.conftest import test_settings as settings_for
 from tests.dns_server import LoopbackDns
 from tests.e2e.test_queue_failover import FAST, info, new_task
 from tests.helpers import eventually
@@ -414,3 +415,24 @@ async def test_admin_fronts_mark_refuse_and_update_at_once(
     assert await execute(cmds, "NODE UPDATE") == ["OK"]  # no wait for the hour-long interval
     node_b = cluster.registry.get(f"{b.host}:{b.port}")
     assert node_b is not None and cluster.registry.is_online(node_b)
+
+
+async def test_restart_keeps_discovered_nodes_and_dropping_the_flag_drains_them(
+    dns: LoopbackDns, replicas: list[SimNode], cluster_factory: ClusterFactory, tmp_path: Any
+) -> None:
+    a, _, _ = replicas
+    dns.set_a(NAME, [a.host])
+    data = tmp_path / "state"
+    first = await start_cluster(settings_for(data, **discovering(dns, f"dns://{NAME}:{a.port}")))
+    try:
+        assert keys(first) == [f"{a.host}:{a.port}"]
+    finally:
+        await first.stop()
+    dns.stop()  # DNS down while the cluster starts again: the stored nodes stay
+    again = await cluster_factory(data_dir=data, **discovering(dns, f"dns://{NAME}:{a.port}"))
+    assert keys(again) == [f"{a.host}:{a.port}"]
+    assert not again.registry.nodes()[0].draining
+    await again.stop()
+    without = await cluster_factory(data_dir=data, discovery_interval_s=INTERVAL_S)
+    discovery_of(without).linger_s = 0.0
+    await eventually(lambda: keys(without) == [], timeout_s=5, message="drained and gone")
