@@ -47,6 +47,8 @@ class Zone(BaseResolver):  # type: ignore[misc]
                 return reply
             for rdata in by_type.get(qtype, []):
                 reply.add_answer(RR(name, request.q.qtype, rdata=rdata, ttl=TTL))
+            for extra_name, extra in by_type.get("additional", []):
+                reply.add_ar(RR(extra_name, QTYPE.A, rdata=extra, ttl=TTL))
         return reply
 
 
@@ -77,10 +79,15 @@ class LoopbackDns:
         with self.zone._lock:
             self.zone.records[_fqdn(name)] = {"A": a, "AAAA": aaaa}
 
-    def set_srv(self, name: str, targets: list[tuple[str, int]]) -> None:
+    def set_srv(
+        self, name: str, targets: list[tuple[str, int]], glue: dict[str, str] | None = None
+    ) -> None:
+        """SRV records of ``name``; ``glue`` (target -> IPv4) goes in the additional section,
+        as Consul and Kubernetes send it."""
         srv = [SRV(priority=10, weight=10, port=port, target=_fqdn(t)) for t, port in targets]
+        extra = [(_fqdn(t), A(ip)) for t, ip in (glue or {}).items()]
         with self.zone._lock:
-            self.zone.records[_fqdn(name)] = {"SRV": srv}
+            self.zone.records[_fqdn(name)] = {"SRV": srv, "additional": extra}
 
     def fail(self, name: str, failing: bool = True) -> None:
         with self.zone._lock:

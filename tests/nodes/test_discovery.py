@@ -100,6 +100,12 @@ async def test_resolver_reads_a_aaaa_and_srv(dns: LoopbackDns) -> None:
     srv = await resolver.lookup(DiscoverySource.parse("dns+srv://_nodeodm._tcp.test"))
     assert srv == [Found("127.0.0.1", 3001), Found("127.0.0.1", 3002)]
     assert await resolver.lookup(DiscoverySource.parse("dns://absent.test:3000")) == []
+    # Consul's way: the targets' addresses in the additional section, no A records to ask
+    dns.set_srv("_glued._tcp.test", [("pod-a.test", 3000)], glue={"pod-a.test": "127.0.0.5"})
+    before = dns.zone.queries
+    glued = await resolver.lookup(DiscoverySource.parse("dns+srv://_glued._tcp.test"))
+    assert glued == [Found("127.0.0.5", 3000)]
+    assert dns.zone.queries == before + 1, "no second question for a glued target"
 
 
 async def test_resolver_tells_failure_from_absence(dns: LoopbackDns) -> None:
