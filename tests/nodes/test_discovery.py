@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,7 +20,6 @@ from clusterodm.app import Cluster, start_cluster
 from clusterodm.cli import parse_settings
 from clusterodm.config import ConfigError, DiscoverySource, parse_dns_server
 from clusterodm.nodes.discovery import Discovery, NodeIsDiscovered
-from clusterodm.nodes.resolver import DnsResolver, Found, LookupFailed
 from clusterodm.simnode import SimNode, SimNodeConfig, start_simnode
 from tests.admin.test_web import serve_admin
 from tests.conftest import ClusterFactory
@@ -31,13 +30,6 @@ from tests.helpers import eventually
 
 INTERVAL_S = 0.3
 NAME = "nodeodm.test"
-
-
-@pytest.fixture
-def dns() -> Iterator[LoopbackDns]:
-    server = LoopbackDns()
-    yield server
-    server.stop()
 
 
 def shared_port(hosts: list[str]) -> int:
@@ -85,39 +77,6 @@ def keys(cluster: Cluster) -> list[str]:
 def discovery_of(cluster: Cluster) -> Discovery:
     assert cluster.deps.discovery is not None
     return cluster.deps.discovery
-
-
-# --- the resolver -----------------------------------------------------------------------------
-
-
-async def test_resolver_reads_a_aaaa_and_srv(dns: LoopbackDns) -> None:
-    dns.set_a(NAME, ["127.0.0.3", "127.0.0.2", "::1"])
-    dns.set_a("n1.test", ["127.0.0.1"])
-    dns.set_srv("_nodeodm._tcp.test", [("n1.test", 3001), ("n1.test", 3002), (".", 9)])
-    resolver = DnsResolver(("127.0.0.1", dns.port), timeout_s=0.5)
-    found = await resolver.lookup(DiscoverySource.parse(f"dns://{NAME}:3000"))
-    assert found == [Found("127.0.0.2", 3000), Found("127.0.0.3", 3000), Found("::1", 3000)]
-    srv = await resolver.lookup(DiscoverySource.parse("dns+srv://_nodeodm._tcp.test"))
-    assert srv == [Found("127.0.0.1", 3001), Found("127.0.0.1", 3002)]
-    assert await resolver.lookup(DiscoverySource.parse("dns://absent.test:3000")) == []
-    # Consul's way: the targets' addresses in the additional section, no A records to ask
-    dns.set_srv("_glued._tcp.test", [("pod-a.test", 3000)], glue={"pod-a.test": "127.0.0.5"})
-    before = dns.zone.queries
-    glued = await resolver.lookup(DiscoverySource.parse("dns+srv://_glued._tcp.test"))
-    assert glued == [Found("127.0.0.5", 3000)]
-    assert dns.zone.queries == before + 1, "no second question for a glued target"
-
-
-async def test_resolver_tells_failure_from_absence(dns: LoopbackDns) -> None:
-    dns.set_a(NAME, ["127.0.0.2"])
-    resolver = DnsResolver(("127.0.0.1", dns.port), timeout_s=0.5)
-    source = DiscoverySource.parse(f"dns://{NAME}:3000")
-    dns.fail(NAME)
-    with pytest.raises(LookupFailed):
-        await resolver.lookup(source)
-    dns.stop()
-    with pytest.raises(LookupFailed):
-        await resolver.lookup(source)
 
 
 # --- parsing ----------------------------------------------------------------------------------
