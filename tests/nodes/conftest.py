@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.dns_server import LoopbackDns
+if TYPE_CHECKING:
+    from tests.dns_server import LoopbackDns
 
 
 @pytest.fixture
 def dns() -> Iterator[LoopbackDns]:
+    """A dnslib server on 127.0.0.1:<free port> (dnslib comes with the ``test`` extra)."""
+    pytest.importorskip("dnslib", reason="dnslib serves the test DNS zone: pip install -e .[test]")
+    from tests.dns_server import LoopbackDns
+
     server = LoopbackDns()
     yield server
     server.stop()

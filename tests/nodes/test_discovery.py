@@ -7,7 +7,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -24,9 +24,11 @@ from clusterodm.simnode import SimNode, SimNodeConfig, start_simnode
 from tests.admin.test_web import serve_admin
 from tests.conftest import ClusterFactory
 from tests.conftest import test_settings as settings_for
-from tests.dns_server import LoopbackDns
 from tests.e2e.test_queue_failover import FAST, info, new_task
 from tests.helpers import eventually
+
+if TYPE_CHECKING:
+    from tests.dns_server import LoopbackDns
 
 INTERVAL_S = 0.3
 NAME = "nodeodm.test"

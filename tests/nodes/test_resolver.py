@@ -3,11 +3,15 @@ the additional section, and failures told apart from absent names."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from clusterodm.config import DiscoverySource
 from clusterodm.nodes.resolver import DnsResolver, Found, LookupFailed
-from tests.dns_server import LoopbackDns
+
+if TYPE_CHECKING:
+    from tests.dns_server import LoopbackDns
 
 NAME = "nodeodm.test"
 
