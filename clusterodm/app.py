@@ -460,6 +460,7 @@ def watch(cluster: Cluster) -> None:
         lambda: sum(1 for n in reg.nodes() if n.discovered),
     )
     m.gauge("clusterodm_queue_length", "Tasks waiting at the proxy", d.dispatcher.queue_length)
+    m.gauge("clusterodm_queue_images", "Images of the tasks waiting", d.dispatcher.queue_images)
     m.gauge("clusterodm_routes", "Tasks routed to a node", lambda: len(d.routes))
     m.gauge("clusterodm_tasks_held", "Tasks the proxy answers for", lambda: len(d.table.all()))
     m.gauge(

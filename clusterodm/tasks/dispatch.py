@@ -200,6 +200,7 @@ class Dispatcher:
         self.shared: Store | None = None
         self.place_hold_s = 10.0  # a place of a dead instance lapses after this (claim ttl)
         self.cluster_queue_length = 0  # tasks waiting in the whole cluster, as last read
+        self.cluster_queue_images = 0  # and their images
         self._nudge = asyncio.Event()
         self._view: tuple[float, list[Waiting], set[str]] | None = None
         self._view_lock = asyncio.Lock()
@@ -271,6 +272,13 @@ class Dispatcher:
         if self.shared is not None:
             return max(len(self._waiting), self.cluster_queue_length)
         return len(self._waiting)
+
+    def queue_images(self) -> int:
+        """Images of the tasks waiting (the whole cluster's, as last read, when shared)."""
+        mine = sum(w.images for w, _ in self._waiting.values())
+        if self.shared is not None:
+            return max(mine, self.cluster_queue_images)
+        return mine
 
     def queue_order(self) -> list[Waiting]:
         return fair_order(w for w, _ in self._waiting.values())
@@ -397,6 +405,7 @@ class Dispatcher:
                 )
                 self.set_reserved(counts)
                 self.cluster_queue_length = len(order)
+                self.cluster_queue_images = sum(w.images for w in order)
                 self._view = (now, order, live)
             return self._view[1], self._view[2]
 

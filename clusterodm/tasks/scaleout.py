@@ -332,6 +332,7 @@ class ScaleOut:
             if (queue or counts) and self.on_busy is not None:
                 self.on_busy()
         self.dispatcher.cluster_queue_length = len(queue)
+        self.dispatcher.cluster_queue_images = sum(w.images for w in queue)
 
     async def run_scan(self) -> None:
         while True:

@@ -57,6 +57,8 @@ async def test_metrics_match_traffic(
     assert value(text, "clusterodm_nodes") == 2
     assert value(text, "clusterodm_nodes_online") == 2
     assert value(text, "clusterodm_queue_length") == 1
+    assert value(text, "clusterodm_queue_images") == 1  # the waiting task's one image
+    assert value(text, "clusterodm_nodes_discovered") == 0
     assert value(text, "clusterodm_dispatches_total") == 1
     assert value(text, "clusterodm_slots_available") == 0  # a is busy, b is locked
     assert value(text, "clusterodm_bytes_received_total") > 3000
