@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.admin.test_web import browser  # noqa: F401  (Chromium, for the admin page test)
+
 if TYPE_CHECKING:
     from tests.dns_server import LoopbackDns
 

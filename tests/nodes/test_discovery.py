@@ -21,7 +21,7 @@ from clusterodm.cli import parse_settings
 from clusterodm.config import ConfigError, DiscoverySource, parse_dns_server
 from clusterodm.nodes.discovery import Discovery, NodeIsDiscovered
 from clusterodm.simnode import SimNode, SimNodeConfig, start_simnode
-from tests.admin.test_web import serve_admin
+from tests.admin.test_web import open_page, serve_admin
 from tests.conftest import ClusterFactory
 from tests.conftest import test_settings as settings_for
 from tests.e2e.test_queue_failover import FAST, info, new_task
@@ -403,3 +403,23 @@ async def test_restart_keeps_discovered_nodes_and_dropping_the_flag_drains_them(
     without = await cluster_factory(data_dir=data, discovery_interval_s=INTERVAL_S)
     discovery_of(without).linger_s = 0.0
     await eventually(lambda: keys(without) == [], timeout_s=5, message="drained and gone")
+
+
+async def test_admin_page_marks_discovered_nodes(
+    browser: Any, dns: LoopbackDns, replicas: list[SimNode], cluster_factory: ClusterFactory
+) -> None:
+    a, b, _ = replicas
+    dns.set_a(NAME, [a.host, b.host])
+    slow = discovering(dns, f"dns://{NAME}:{a.port}", discovery_interval_s=3600.0)
+    cluster = await cluster_factory(**slow)
+    dns.set_a(NAME, [a.host])
+    await discovery_of(cluster).resolve_once()  # b is gone from DNS: draining
+    base = await serve_admin(cluster)
+    page, problems = await open_page(browser, base, "")
+    row_a = page.locator(f'#nodes tr[data-name="{a.host}:{a.port}"]')
+    flag = row_a.locator(".pill.flag", has_text="D")
+    await flag.wait_for()
+    assert await flag.get_attribute("title") == f"Discovered by dns://{NAME}:{a.port}"
+    draining = page.locator(f'#nodes tr[data-name="{b.host}:{b.port}"] .pill.flag')
+    assert "draining" in (await draining.get_attribute("title") or "")
+    assert problems == []
