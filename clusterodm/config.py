@@ -1,7 +1,7 @@
 """Settings: every knob of the cluster, defaults in one place, validated once.
 
 Built by ``cli.py`` from defaults < ``--config`` JSON < flags. Components get their own slice.
-Imports only ``errors``.
+Imports only ``errors`` of this package (and yarl, to read ``--nodes-from`` URLs).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class LightningSettings:
 
 
 DISCOVERY_SCHEMES = ("dns", "dns+srv")
-_DNS_NAME_RE = re.compile(r"^(?=.{1,253}\.?$)[a-z0-9_][a-z0-9_-]{0,62}(?:\.[a-z0-9_-]{1,63})*\.?$")
+_DNS_NAME_RE = re.compile(r"(?=.{1,253}\.?\Z)[a-z0-9_][a-z0-9_-]{0,62}(?:\.[a-z0-9_-]{1,63})*\.?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +113,7 @@ class DiscoverySource:
         if url.scheme not in DISCOVERY_SCHEMES:
             raise ConfigError(f"--nodes-from: {url.scheme!r} is not dns:// or dns+srv://")
         name = (url.raw_host or "").lower()
-        if not _DNS_NAME_RE.match(name) or _is_ip(name):
+        if not _DNS_NAME_RE.fullmatch(name) or _is_ip(name):
             raise ConfigError(f"--nodes-from: {name!r} is not a DNS name")
         if url.user or url.password or url.fragment or url.path not in ("", "/"):
             raise ConfigError("--nodes-from: only scheme, name, port and ?token= are allowed")
@@ -126,7 +126,7 @@ class DiscoverySource:
             raise ConfigError("--nodes-from: dns+srv:// takes its ports from the SRV records")
         if port is not None and not 1 <= port <= 65535:
             raise ConfigError(f"--nodes-from: {port} is not a port number")
-        return cls(url.scheme, name.rstrip("."), port, url.query.get("token", ""))
+        return cls(url.scheme, name, port, url.query.get("token", ""))  # "name." = no search list
 
 
 def _is_ip(text: str) -> bool:
