@@ -6,11 +6,15 @@ cluster exports."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import shutil
 import subprocess
 import sys
 from typing import Any
 
+import aiohttp
 import pytest
 from yarl import URL
 
@@ -140,3 +144,50 @@ async def test_scalers_target_the_nodes_and_read_exported_metrics(
     hpa_text = (KUBE / "hpa.yaml").read_text()
     rule_metrics = set(METRIC_RE.findall(hpa_text)) - {"clusterodm_nodes_wanted"}
     assert rule_metrics and rule_metrics <= exported
+
+
+def pre_stop_script() -> str:
+    container = find("Deployment", "nodeodm")["spec"]["template"]["spec"]["containers"][0]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["node", "-e"]
+    return str(command[2])
+
+
+async def test_pre_stop_hook_waits_for_the_real_nodes_tasks(real_node_factory: Any) -> None:
+    """The hook holds SIGTERM back while the real NodeODM has a task, and lets go after."""
+    node_bin = shutil.which("node") or shutil.which("nodejs")
+    real = await real_node_factory(test_seconds=3)
+    assert node_bin, "the real NodeODM runs on node"
+    env = {
+        **os.environ,
+        "NODEODM_PORT": str(real.port),
+        "DRAIN_LINGER_MS": "0",
+        "DRAIN_CHECK_MS": "200",
+    }
+
+    async def hook() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            node_bin, "-e", pre_stop_script(), env=env, stdin=asyncio.subprocess.DEVNULL
+        )
+
+    idle = await hook()
+    assert await asyncio.wait_for(idle.wait(), 10) == 0, "an idle node stops at once"
+
+    form = aiohttp.FormData()
+    for i in range(2):
+        form.add_field("images", b"x" * 512, filename=f"{i}.jpg")
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{real.url}/task/new", data=form) as r:
+            uuid = (await r.json())["uuid"]
+        busy = await hook()
+        try:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(busy.wait()), 1.0)
+            assert await asyncio.wait_for(busy.wait(), 30) == 0
+            async with s.get(f"{real.url}/task/{uuid}/info") as r:
+                status = (await r.json())["status"]["code"]
+            assert status == 40, "the hook let go once the task had completed"
+        finally:
+            if busy.returncode is None:
+                busy.kill()
+                await busy.wait()
