@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from clusterodm.config import DiscoverySource
 from clusterodm.errors import InvalidRequest, NodeError, NodeRejected
 from clusterodm.model import Node, Route, TaskStage, TaskStatus, node_key
+from clusterodm.nodes.address import BadAddress
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.nodes.resolver import DnsResolver, Found, LookupFailed
@@ -81,6 +82,7 @@ class Discovery:
         self.failures: dict[str, str] = {}  # source label -> why its last lookup failed
         self.linger_s = DRAIN_LINGER_S
         self._offline_since: dict[str, float] = {}
+        self._refused: set[str] = set()  # addresses that cannot be nodes, logged once
         self._round_routes: list[Route] | None = None  # read once per round, when needed
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -161,7 +163,15 @@ class Discovery:
 
     async def _add(self, found: Found, source: DiscoverySource) -> int:
         try:
-            await self.registry.add(found.host, found.port, source.token, discovered=source.label)
+            await self.registry.add(
+                found.hostname, found.port, source.token, discovered=source.label
+            )
+        except BadAddress as e:  # an SRV record with port 0, say: said once, not every round
+            key = _key(found)
+            if key not in self._refused:
+                self._refused.add(key)
+                log.warning("discovery: %s from %s refused: %s", key, source.label, e.message)
+            return 0
         except InvalidRequest as e:  # added meanwhile (NODE ADD, another instance)
             log.debug("discovery: %s not added: %s", _key(found), e.message)
             return 0
@@ -226,4 +236,4 @@ class Discovery:
 
 
 def _key(found: Found) -> str:
-    return node_key(found.host, found.port)
+    return node_key(found.hostname, found.port)

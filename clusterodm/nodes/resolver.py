@@ -44,6 +44,11 @@ class Found:
     host: str
     port: int
 
+    @property
+    def hostname(self) -> str:
+        """As a node's host name: an IPv6 address in brackets (``nodes/address.py``)."""
+        return f"[{self.host}]" if ":" in self.host else self.host
+
 
 class DnsResolver:
     """A/AAAA and SRV lookups, each bounded by ``timeout_s`` in all."""

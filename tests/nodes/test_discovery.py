@@ -423,3 +423,29 @@ async def test_admin_page_marks_discovered_nodes(
     draining = page.locator(f'#nodes tr[data-name="{b.host}:{b.port}"] .pill.flag')
     assert "draining" in (await draining.get_attribute("title") or "")
     assert problems == []
+
+
+async def test_ipv6_addresses_and_unusable_records(
+    dns: LoopbackDns,
+    cluster_factory: ClusterFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An AAAA answer becomes a node in brackets; an SRV port 0 is refused, said once."""
+    v6 = await start_simnode(SimNodeConfig(), "::1", 0)
+    try:
+        dns.set_a("six.test", ["::1"])
+        dns.set_a("host.test", ["127.0.0.1"])
+        dns.set_srv("_bad._tcp.test", [("host.test", 0)])
+        caplog.set_level(logging.INFO, logger="clusterodm.nodes.discovery")
+        cluster = await cluster_factory(
+            **discovering(dns, f"dns://six.test:{v6.port}", "dns+srv://_bad._tcp.test")
+        )
+        key = f"[::1]:{v6.port}"
+        assert keys(cluster) == [key]
+        node = cluster.registry.get(key)
+        assert node is not None and cluster.registry.is_online(node)
+        for _ in range(3):
+            await discovery_of(cluster).resolve_once(force=True)
+        assert caplog.text.count("127.0.0.1:0 from dns+srv://_bad._tcp.test refused") == 1
+    finally:
+        await v6.stop()
