@@ -285,6 +285,7 @@ async def start_autoscaler(cluster: Cluster, asr: AsrConfig) -> Autoscaler:
 
 async def start_cluster(settings: Settings) -> Cluster:
     """Build and start everything; the caller owns ``stop()``."""
+    logsetup.quiet_bad_requests()
     asr = load_asr_config(settings.asr) if settings.asr else None
     data_dir = settings.data_dir
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)

@@ -11,6 +11,8 @@ import contextvars
 import logging
 import sys
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 LEVELS = {
     "error": logging.ERROR,
     "warn": logging.WARNING,
@@ -35,6 +37,38 @@ class ContextFormatter(logging.Formatter):
         if node := node_key.get():
             extra.append(f"node={node}")
         return f"{line} {' '.join(extra)}" if extra else line
+
+
+class BadRequestLines(logging.Filter):
+    """aiohttp's server logs every request it cannot parse at ERROR with a traceback; anyone
+    who can connect could fill the log that way. Such a record becomes one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "malformed HTTP request from %s: %s"
+            record.args = (remote, _first_line(exc))
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.INFO
+            record.levelname = logging.getLevelName(logging.INFO)
+        return True
+
+
+def _first_line(exc: HttpProcessingError) -> str:
+    text = f"{exc.code}, message={exc.message!r}"
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+_BAD_REQUESTS = BadRequestLines()
+
+
+def quiet_bad_requests() -> None:
+    """Install ``BadRequestLines`` on aiohttp's server logger (once; idempotent)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _BAD_REQUESTS not in server_log.filters:
+        server_log.addFilter(_BAD_REQUESTS)
 
 
 def setup(level: str = "info") -> None:

@@ -43,6 +43,7 @@ from clusterodm.autoscale.bootstrap import user_data
 from clusterodm.autoscale.config import AsrConfig
 from clusterodm.errors import CloudError, ClusterError, NodeError
 from clusterodm.model import Node, TaskEntry, TaskStage, TaskStatus
+from clusterodm.nodes import paths
 from clusterodm.nodes.address import BadAddress, check_hostname
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
@@ -383,7 +384,7 @@ class Autoscaler:
             return
         try:
             info = await self.client.task_info(node, uuid)
-            output = await self.client.get_json(node, f"/task/{uuid}/output", {"line": "0"})
+            output = await self.client.get_json(node, paths.task(uuid, "output"), {"line": "0"})
         except NodeError as e:
             log.warning("autoscaler: cannot keep the info of task %s: %s", uuid, e.message)
             return

@@ -22,6 +22,8 @@ from yarl import URL
 from clusterodm.config import Timeouts
 from clusterodm.errors import NodeRejected, NodeUnreachable
 from clusterodm.model import Node, NodeInfo
+from clusterodm.nodes import paths
+from clusterodm.nodes.paths import NodePath
 from clusterodm.nodes.polls import PollClient
 from clusterodm.nodes.ratelimit import RateLimiter
 
@@ -66,12 +68,13 @@ class NodeClient:
         return self._session
 
     @staticmethod
-    def url(node: Node, path: str, query: Mapping[str, str] | None = None) -> URL:
-        """The node's URL for ``path``, the client's token swapped for the node token."""
+    def url(node: Node, path: NodePath, query: Mapping[str, str] | None = None) -> URL:
+        """The node's URL for ``path`` (built from checked parts, ``paths.py``), with the node
+        token in place of any client token; the caller chose ``query`` from an allow-list."""
         params = {k: v for k, v in (query or {}).items() if k != "token"}
         if node.token:
             params["token"] = node.token
-        return URL(node.base_url + path).with_query(params)
+        return URL(node.base_url).joinpath(*path.segments).with_query(params)
 
     @functools.cached_property
     def stream_timeout(self) -> aiohttp.ClientTimeout:
@@ -89,7 +92,7 @@ class NodeClient:
         self,
         method: str,
         node: Node,
-        path: str,
+        path: NodePath,
         limits: aiohttp.ClientTimeout,
         query: Mapping[str, str] | None = None,
         **kwargs: Any,
@@ -104,10 +107,10 @@ class NodeClient:
             raise NodeUnreachable(f"{node.key} unreachable: {_describe(e)}", node.key) from e
 
     @staticmethod
-    def _decode(node: Node, path: str, body: bytes) -> Any:
+    def _decode(node: Node, path: NodePath, body: bytes) -> Any:
         try:
             return json.loads(body)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # not JSON, or nested past what Python parses
             msg = f"{node.key} answered {path} with something not JSON"
             raise NodeRejected(msg, node.key) from e
 
@@ -115,7 +118,7 @@ class NodeClient:
         self,
         method: str,
         node: Node,
-        path: str,
+        path: NodePath,
         *,
         total_s: float | None = None,
         query: Mapping[str, str] | None = None,
@@ -134,24 +137,26 @@ class NodeClient:
         return data
 
     async def info(self, node: Node) -> NodeInfo:
-        data = await self._json("GET", node, "/info", total_s=self.timeouts.info_s)
+        data = await self._json("GET", node, paths.fixed("/info"), total_s=self.timeouts.info_s)
         try:
             return NodeInfo.from_json(data)
         except (TypeError, ValueError) as e:
             raise NodeRejected(f"{node.key} sent an unusable /info: {e}", node.key) from e
 
     async def options(self, node: Node) -> list[dict[str, Any]]:
-        data = await self._json("GET", node, "/options")
+        data = await self._json("GET", node, paths.fixed("/options"))
         if not isinstance(data, list):
             raise NodeRejected(f"{node.key} sent an unusable /options", node.key)
         return data
 
-    async def get_json(self, node: Node, path: str, query: Mapping[str, str] | None = None) -> Any:
+    async def get_json(
+        self, node: Node, path: NodePath, query: Mapping[str, str] | None = None
+    ) -> Any:
         """Any GET answering JSON; a node's ``{"error"}`` raises NodeRejected."""
         return await self._json("GET", node, path, query=query)
 
     async def task_info(self, node: Node, uuid: str) -> dict[str, Any]:
-        data = await self._json("GET", node, f"/task/{uuid}/info")
+        data = await self._json("GET", node, paths.task(uuid, "info"))
         if not isinstance(data, dict):
             raise NodeRejected(f"{node.key} sent an unusable task info", node.key)
         return data
@@ -162,7 +167,7 @@ class NodeClient:
         for key, value in fields.items():
             form.add_field(key, value)
         data = await self._json(
-            "POST", node, "/task/new/init", data=form, headers={"set-uuid": uuid}
+            "POST", node, paths.fixed("/task/new/init"), data=form, headers={"set-uuid": uuid}
         )
         if not isinstance(data, dict) or data.get("uuid") != uuid:
             raise NodeRejected(f"{node.key} did not accept uuid {uuid}", node.key)
@@ -195,7 +200,7 @@ class NodeClient:
         await self._upload(node, uuid, data=body, headers=headers)
 
     async def _upload(self, node: Node, uuid: str, **kwargs: Any) -> None:
-        path = f"/task/new/upload/{uuid}"
+        path = paths.upload(uuid)
         status, body = await self._exchange("POST", node, path, self.stream_timeout, **kwargs)
         if status != 200:
             raise NodeRejected(f"upload answered HTTP {status}", node.key)
@@ -206,7 +211,7 @@ class NodeClient:
             raise NodeRejected(str(err), node.key, no_retry=no_retry)
 
     async def commit(self, node: Node, uuid: str) -> None:
-        data = await self._json("POST", node, f"/task/new/commit/{uuid}")
+        data = await self._json("POST", node, paths.commit(uuid))
         if not isinstance(data, dict) or data.get("uuid") != uuid:
             raise NodeRejected(f"{node.key} did not commit {uuid}", node.key)
 
@@ -215,7 +220,7 @@ class NodeClient:
     ) -> dict[str, Any]:
         """cancel / remove / restart: the node's answer as it is (``success`` or ``error``)."""
         form = {"uuid": uuid, **(extra or {})}
-        path = f"/task/{action}"
+        path = paths.task_action(action)
         _, body = await self._exchange("POST", node, path, self._api_timeout(), data=form)
         data = self._decode(node, path, body)
         if not isinstance(data, dict):

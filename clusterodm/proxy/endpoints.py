@@ -24,5 +24,6 @@ ROUTES = [
     web.get("/task/{uuid}/download/{asset}", tasks_api.task_download),
     web.post("/task/{action:cancel|remove|restart}", tasks_api.task_action),
     web.get("/", info_api.web_ui),
-    web.get(r"/{path:.+\.(?:css|js|woff2?|ttf|ico|png|svg|map|html)}", info_api.web_ui),
+    # the node's web UI files; info_api.web_ui forwards only those (nodes/paths.py)
+    web.get(r"/{path:.+\.(?:css|js|woff2?|ttf|eot|ico|png|gif|svg|map|html)}", info_api.web_ui),
 ]

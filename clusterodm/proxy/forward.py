@@ -30,6 +30,7 @@ from multidict import CIMultiDict
 from clusterodm.errors import NodeUnreachable
 from clusterodm.model import Node
 from clusterodm.nodes.client import NodeClient
+from clusterodm.nodes.paths import NodePath
 from clusterodm.nodes.polls import AnswerTooLarge
 from clusterodm.proxy.middleware import add_cors_headers
 
@@ -96,19 +97,25 @@ _quoted_short = functools.lru_cache(maxsize=1024)(quote_plus)
 
 
 async def forward_poll(
-    request: web.Request, client: NodeClient, node: Node, path: str
+    request: web.Request,
+    client: NodeClient,
+    node: Node,
+    path: NodePath,
+    query: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
     """A small GET (``/task/<uuid>/info``, ``/output``) through the ``PollClient``; other
-    methods, TLS nodes and answers larger than it reads whole go through ``forward``."""
+    methods, TLS nodes and answers larger than it reads whole go through ``forward``.
+    ``query`` is what the route passes on (``paths.QUERY_ALLOWED``), never the client's own."""
     polls = client.polls
+    query = query or {}
     if request.method != "GET" or not polls.serves(node):
-        return await forward(request, client, node, path)
+        return await forward(request, client, node, path, query=query)
     asked = request.headers
     headers = [(name, value) for name in REQUEST_HEADERS if (value := asked.get(name)) is not None]
     try:
-        answer = await polls.get(node, node_target(path, request.query, node.token), headers)
+        answer = await polls.get(node, node_target(path, query, node.token), headers)
     except AnswerTooLarge:
-        return await forward(request, client, node, path)
+        return await forward(request, client, node, path, query=query)
     return web.Response(
         status=answer.status, body=answer.body, headers=_response_headers(answer.headers)
     )
@@ -118,13 +125,15 @@ async def forward(
     request: web.Request,
     client: NodeClient,
     node: Node,
-    path: str,
+    path: NodePath,
     *,
+    query: Mapping[str, str] | None = None,
     with_body: bool = False,
 ) -> web.StreamResponse:
-    """Send ``request`` to ``node`` at ``path`` and relay the answer."""
+    """Send ``request`` to ``node`` at ``path`` with ``query`` (what the route passes on, from
+    its allow-list) and relay the answer."""
     headers = {k: v for k, v in request.headers.items() if k.lower() in REQUEST_HEADERS}
-    url = client.url(node, path, request.query)
+    url = client.url(node, path, query)
     data = request.content if with_body and request.body_exists else None
     try:
         upstream = await client.session.request(

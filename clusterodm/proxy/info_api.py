@@ -10,8 +10,10 @@ from aiohttp import web
 from clusterodm import API_VERSION
 from clusterodm.access.base import User
 from clusterodm.errors import ClusterError, NoNodeAvailable
+from clusterodm.nodes import paths
 from clusterodm.proxy.deps import deps, user_of
 from clusterodm.proxy.forward import forward
+from clusterodm.proxy.middleware import sent_path
 from clusterodm.tasks.limits import limited_options
 
 log = logging.getLogger(__name__)
@@ -94,9 +96,14 @@ async def commit_webhook(request: web.Request) -> web.Response:
 
 
 async def web_ui(request: web.Request) -> web.StreamResponse:
-    """The reference node's own web UI and static files, forwarded as they are."""
+    """The reference node's own web UI: only its static files (``paths.is_ui_file``), GET or
+    HEAD, as sent (the middleware refused escapes and dot segments), without the client's
+    query, which the files do not use; any other path is answered here as NodeODM's 404."""
+    path = sent_path(request)
+    if request.method not in ("GET", "HEAD") or not paths.is_ui_file(path):
+        return web.json_response({"error": f"Cannot {request.method} {path}"}, status=404)
     d = deps(request)
     ref = d.registry.reference()
     if ref is None:
         raise NoNodeAvailable("No nodes are online.")
-    return await forward(request, d.client, ref, request.path)
+    return await forward(request, d.client, ref, paths.ui_file(path), query={})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from aiohttp.typedefs import Middleware
 from clusterodm.access.guard import AuthUnavailable, TooManyFailures
 from clusterodm.errors import AuthError, ClusterError
 from clusterodm.metrics import Metrics
+from clusterodm.nodes.paths import is_ui_file
 from clusterodm.proxy.deps import USER, deps
 from clusterodm.proxy.observe import RequestCounter, name_task
 
@@ -25,19 +27,39 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: paths anyone may read: the auth endpoints, the webhook, the node's web UI and its assets
+#: paths anyone may read: the auth endpoints, the webhook; and the node's web UI files
 PUBLIC_PATHS = frozenset({"/", "/auth/info", "/auth/login", "/auth/register", "/commit"})
-PUBLIC_SUFFIXES = (".css", ".js", ".woff", ".woff2", ".ttf", ".ico", ".png", ".svg", ".map")
+#: longer than any route of the API or file of the web UI
+MAX_PATH = 512
+#: what a path may hold as sent: the characters of the routes (uuids, words) and of the web UI's
+#: file names. No ``%`` (an escape is never needed and could hide a separator, a dot or a
+#: ``?``), no ``\``, ``;`` or ``#``, nothing beyond ASCII.
+_PATH_CHARS = re.compile(r"/[A-Za-z0-9._~/-]*")
 
 
 def json_error(message: str, status: int = 200) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def sent_path(request: web.Request) -> str:
+    """The path exactly as the client sent it, before any decoding or normalising."""
+    return request.raw_path.partition("?")[0]
+
+
+def path_problem(path: str) -> str | None:
+    """Why a path as sent is refused (400), or None. With this, the decoded path that aiohttp
+    routes on is the sent path itself, so what is judged public is what gets forwarded."""
+    if len(path) > MAX_PATH:
+        return "Path too long"
+    if not _PATH_CHARS.fullmatch(path) or any(s in (".", "..") for s in path.split("/")):
+        return "Invalid path"
+    return None
+
+
 def is_public(path: str) -> bool:
-    return path in PUBLIC_PATHS or (
-        not path.startswith("/task/") and path.lower().endswith(PUBLIC_SUFFIXES)
-    )
+    """``path`` as sent: the few public routes, and the node's web UI files (``paths.py``),
+    which the catch-all route forwards, and nothing else."""
+    return path in PUBLIC_PATHS or is_ui_file(path)
 
 
 def proxy_middleware(metrics: Metrics) -> Middleware:
@@ -58,7 +80,11 @@ def proxy_middleware(metrics: Metrics) -> Middleware:
         response: web.StreamResponse | None = None
         try:
             try:
-                if request.method == "OPTIONS":
+                problem = path_problem(sent_path(request))
+                if problem is not None:
+                    log.info("refused %s %.120r: %s", request.method, request.raw_path, problem)
+                    response = json_error(problem, 400)
+                elif request.method == "OPTIONS":
                     response = _preflight(request)
                 else:
                     response = await _authorise(request) or await handler(request)
@@ -126,7 +152,7 @@ async def _authorise(request: web.Request) -> web.Response | None:
     d = deps(request)
     access = d.access
     token = request.query.get("token", "")
-    if is_public(request.path):
+    if is_public(sent_path(request)):
         # public paths answer without a valid token; the user is known only when it is valid
         with contextlib.suppress(ClusterError):
             request[USER] = await access.authenticate(token)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
 
 from clusterodm.errors import InvalidRequest, NodeUnreachable
 from clusterodm.model import Node, TaskEntry, parse_line
+from clusterodm.nodes import paths
+from clusterodm.nodes.paths import QUERY_ALLOWED, NodePath
 from clusterodm.proxy.deps import deps, user_of
 from clusterodm.proxy.formdata import FormPart, FormReader, RawSink, form_reader
 from clusterodm.proxy.forward import forward, forward_poll
@@ -129,6 +131,12 @@ async def locate(
     return await deps(request).actions.locate(uuid, user_of(request), action)
 
 
+def _passed_query(request: web.Request, route: str) -> dict[str, str]:
+    """The client's query parameters that ``route`` passes on to the node; others stay here."""
+    allowed = QUERY_ALLOWED[route]
+    return {k: v for k, v in request.query.items() if k in allowed}
+
+
 def _int_query(request: web.Request, key: str) -> int | None:
     if key not in request.query:
         return None
@@ -136,7 +144,7 @@ def _int_query(request: web.Request, key: str) -> int | None:
 
 
 async def _ask_node(
-    request: web.Request, node: Node, path: str, uuid: str
+    request: web.Request, node: Node, path: NodePath, uuid: str, query: dict[str, str]
 ) -> web.StreamResponse | TaskEntry:
     """Forward to the owning node; while it is down, a task whose images are kept is answered
     by the proxy (still running, as far as the client knows) until failover moves it."""
@@ -145,7 +153,7 @@ async def _ask_node(
     if held is not None and not d.registry.is_online(node):
         return held
     try:
-        return await forward_poll(request, d.client, node, path)
+        return await forward_poll(request, d.client, node, path, query)
     except NodeUnreachable:
         d.registry.record_failure(node.key)
         if held is None:
@@ -156,11 +164,13 @@ async def _ask_node(
 async def _node_answer_or_entry(
     request: web.Request, action: str
 ) -> web.StreamResponse | TaskEntry:
-    """The owning node's answer to ``/task/<uuid>/<action>``, or the entry the proxy holds."""
+    """The owning node's answer to ``/task/<uuid>/<action>``, or the entry the proxy holds.
+    The node is asked about the very uuid whose owner ``locate`` checked."""
     uuid = request.match_info["uuid"]
     node, task = await locate(request, uuid, action)
     if node is not None:
-        return await _ask_node(request, node, f"/task/{uuid}/{action}", uuid)
+        path = _node_path(lambda: paths.task(uuid, action))
+        return await _ask_node(request, node, path, uuid, _passed_query(request, action))
     assert task is not None
     return task
 
@@ -181,17 +191,33 @@ async def task_output(request: web.Request) -> web.StreamResponse:
     return web.json_response(answer.info_json(0, line)["output"])
 
 
+def _node_path(build: Callable[[], NodePath]) -> NodePath:
+    """A node path from the request's parts; a part that cannot be one is the client's error."""
+    try:
+        return build()
+    except paths.BadNodePath:
+        raise InvalidRequest("Invalid route") from None
+
+
 async def task_download(request: web.Request) -> web.StreamResponse:
+    """``all.zip`` (from the node, or S3), or ``orthophoto.tif`` from S3; any other name is
+    answered as NodeODM does (``Invalid asset``) without a node being asked."""
     d = deps(request)
     uuid, asset = request.match_info["uuid"], request.match_info["asset"]
     node, _ = await locate(request, uuid, "download")
+    if asset not in paths.ASSETS:
+        raise InvalidRequest("Invalid asset")
     links = getattr(d.dispatcher.provisioner, "downloads", None)
     if isinstance(links, S3Downloads):  # the autoscaler's bucket; presigned if private
         raise web.HTTPFound(links.url(uuid, asset))
     if d.settings.downloads_from_s3:
         raise web.HTTPFound(s3_asset_url(d.settings.downloads_from_s3, uuid, asset))
     if node is not None:
-        return await forward(request, d.client, node, f"/task/{uuid}/download/{asset}")
+        if asset not in paths.NODE_ASSETS:
+            raise InvalidRequest("Invalid asset")
+        path = _node_path(lambda: paths.download(uuid, asset))
+        query = _passed_query(request, "download")
+        return await forward(request, d.client, node, path, query=query)
     if asset != "all.zip":
         raise InvalidRequest("Invalid asset")
     raise InvalidRequest("Asset not ready")

@@ -19,6 +19,7 @@ from typing import Any
 from clusterodm.access.base import User
 from clusterodm.errors import NodeError, TaskNotFound
 from clusterodm.model import ANY_UUID_RE, Node, TaskEntry, TaskStage, TaskStatus
+from clusterodm.nodes import paths
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.tasks.dispatch import LAUNCHING, Dispatcher
@@ -95,8 +96,11 @@ class TaskActions:
                 known[key] = set()
                 return
             try:
-                listed = await self.client.get_json(node, "/task/list")
+                listed = await self.client.get_json(node, paths.fixed("/task/list"))
             except NodeError:
+                known[key] = None
+                return
+            if not isinstance(listed, list):
                 known[key] = None
                 return
             known[key] = {str(x.get("uuid")) for x in listed if isinstance(x, dict)}
@@ -111,14 +115,14 @@ class TaskActions:
         node, task = await self.locate(uuid, user, "info")
         if node is not None:
             query = {} if with_output is None else {"with_output": str(with_output)}
-            return await self.client.get_json(node, f"/task/{uuid}/info", query)
+            return await self.client.get_json(node, paths.task(uuid, "info"), query)
         assert task is not None
         return task.info_json(int(time.time() * 1000), with_output)
 
     async def output(self, uuid: str, user: User | None, line: int = 0) -> Any:
         node, task = await self.locate(uuid, user, "output")
         if node is not None:
-            return await self.client.get_json(node, f"/task/{uuid}/output", {"line": str(line)})
+            return await self.client.get_json(node, paths.task(uuid, "output"), {"line": str(line)})
         assert task is not None
         return task.info_json(0, line)["output"]
 
