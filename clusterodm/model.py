@@ -238,5 +238,15 @@ def parse_line(value: str | None) -> int:
     """``line=`` as NodeODM reads it: missing or non-numeric is 0, fractions truncate."""
     if value is None:
         return 0
-    m = re.match(r"^\s*([+-]?\d+)", value)
-    return int(m.group(1)) if m else 0
+    m = _LINE.match(value)
+    if not m:
+        return 0
+    digits = m.group(1)
+    if len(digits) > 16:  # past any output's length; parseInt would give +-Infinity
+        return -LINE_BEYOND if digits.startswith("-") else LINE_BEYOND
+    return int(digits)
+
+
+#: ASCII digits only, as parseInt reads them (``\d`` alone would take ``٣``)
+_LINE = re.compile(r"^\s*([+-]?[0-9]+)")
+LINE_BEYOND = 2**53

@@ -42,6 +42,7 @@ from clusterodm.admin.telnet import password_matches
 from clusterodm.errors import ClusterError
 from clusterodm.metrics import Metrics
 from clusterodm.numbers import MAX_DIGITS, BadNumber, parse_decimal
+from clusterodm.proxy.middleware import path_problem, sent_path
 
 METRICS = web.AppKey("metrics", Metrics)
 log = logging.getLogger(__name__)
@@ -107,7 +108,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure of ``/r/*`` becomes JSON ``{"error": ...}``; never a traceback."""
+    """Every failure of ``/r/*`` becomes JSON ``{"error": ...}``; never a traceback. A path
+    with escapes, dot segments or past 512 characters is refused first, as by the proxy."""
+    problem = path_problem(sent_path(request))
+    if problem is not None:
+        log.info("admin web: refused %s %.120r: %s", request.method, request.raw_path, problem)
+        return _error(400, problem)
     try:
         return await handler(request)
     except BadInput as e:
@@ -130,7 +136,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise BadInput("Send a JSON body with Content-Type: application/json")
     try:
         body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, numbers past 4,300 digits, too deep
         raise BadInput("Body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadInput("Body must be a JSON object")

@@ -222,10 +222,16 @@ def _extended_filename(disposition: str) -> str | None:
 def form_reader(request: web.Request) -> FormReader | None:
     """A reader for a ``multipart/*`` body; None for any other content type."""
     header = request.headers.get("Content-Type", "")
-    kind, params = parse_options_header(header)
+    try:
+        kind, params = parse_options_header(header)
+    except (UnicodeError, ValueError):  # bytes beyond latin-1, as aiohttp escapes them
+        raise InvalidRequest("Malformed Content-Type") from None
     if not kind.startswith(b"multipart/"):
         return None
     boundary = params.get(b"boundary")
     if not boundary:
         raise InvalidRequest("Malformed multipart body: no boundary in Content-Type")
-    return FormReader(request, header, boundary)
+    try:
+        return FormReader(request, header, boundary)
+    except ValueError:  # the parser's limits (a boundary over its length)
+        raise InvalidRequest("Malformed multipart body: unusable boundary") from None

@@ -75,7 +75,7 @@ async def commit_webhook(request: web.Request) -> web.Response:
     """Called by a node when a task ends (auto-spawned nodes are started with this webhook)."""
     try:
         body = json.loads(await request.read() or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, numbers past 4,300 digits, too deep
         return web.json_response({"error": "Invalid JSON body"})
     uuid = body.get("uuid") if isinstance(body, dict) else None
     if not isinstance(uuid, str):

@@ -14,7 +14,9 @@ import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
+from aiohttp.web_protocol import RequestPayloadError
 
 from clusterodm.access.guard import AuthUnavailable, TooManyFailures
 from clusterodm.errors import AuthError, ClusterError
@@ -84,6 +86,8 @@ def proxy_middleware(metrics: Metrics) -> Middleware:
                 if problem is not None:
                     log.info("refused %s %.120r: %s", request.method, request.raw_path, problem)
                     response = json_error(problem, 400)
+                elif request.content.exception() is not None:  # the body broke in parsing
+                    raise RequestPayloadError(str(request.content.exception()))
                 elif request.method == "OPTIONS":
                     response = _preflight(request)
                 else:
@@ -96,9 +100,16 @@ def proxy_middleware(metrics: Metrics) -> Middleware:
                     raise
             except ConnectionResetError:
                 raise
+            except (RequestPayloadError, HttpProcessingError) as e:
+                # the body could not be read as sent (e.g. Content-Encoding: gzip on plain bytes)
+                log.info("bad body on %s %s: %s", request.method, request.path, _cause(e))
+                response = json_error("Malformed request body", 400)
+                _drop_body(request, response)
             except Exception:
                 log.exception("unhandled error on %s %s", request.method, request.path)
                 response = json_error("Internal error; the cluster logged the details.", 500)
+            if request.content.exception() is not None:  # a body the handler did not read
+                _drop_body(request, response)
             if not response.prepared:
                 add_cors_headers(request, response)
             status = response.status
@@ -111,6 +122,23 @@ def proxy_middleware(metrics: Metrics) -> Middleware:
             counter.count(request, status, response)
 
     return proxy
+
+
+def _drop_body(request: web.Request, response: web.StreamResponse) -> None:
+    """After a body that cannot be read, the rest of it is not read either: aiohttp would try
+    to (to keep the connection), meet the same error again and log it with a traceback. The
+    connection closes after the answer instead."""
+    if not response.prepared:
+        response.force_close()
+    if not request.content.is_eof():
+        request.content.feed_eof()
+
+
+def _cause(e: BaseException) -> str:
+    """One line about a body error: aiohttp's message, or the error beneath it."""
+    inner = e.__cause__ or e.__context__
+    text = str(inner or e) or type(e).__name__
+    return " ".join(text.split())[:200] or type(e).__name__
 
 
 def _http_error(request: web.Request, e: web.HTTPException) -> web.Response | None:

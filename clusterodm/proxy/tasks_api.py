@@ -233,7 +233,7 @@ async def _form_fields(request: web.Request) -> dict[str, Any]:
     if request.content_type == "application/json":
         try:
             body = json.loads(await request.read() or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, numbers past 4,300 digits, too deep
             raise InvalidRequest("Invalid JSON body") from None
         return body if isinstance(body, dict) else {}
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -371,7 +372,10 @@ async def _failing_with(relay: Relay, chunks: AsyncIterator[bytes]) -> AsyncIter
 
 
 def _date_created(value: Any, now_ms: int) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return now_ms
+    """Milliseconds as ASCII digits that fit the store's 64-bit integers; else now."""
+    if isinstance(value, str) and _DATE_MS.fullmatch(value.strip()):
+        return int(value.strip())
+    return now_ms
+
+
+_DATE_MS = re.compile(r"-?[0-9]{1,15}")

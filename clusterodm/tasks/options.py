@@ -27,8 +27,8 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
     "<": operator.lt,
 }
-_INT_PREFIX = re.compile(r"^\s*([+-]?\d+)")
-_FLOAT_PREFIX = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")
+_INT_PREFIX = re.compile(r"^\s*([+-]?\d+)", re.ASCII)  # parseInt reads ASCII digits only
+_FLOAT_PREFIX = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)", re.ASCII)
 
 
 def parse_options(raw: Any) -> list[Option]:
@@ -40,25 +40,39 @@ def parse_options(raw: Any) -> list[Option]:
             raw = json.loads(raw)
         except json.JSONDecodeError as e:
             raise InvalidRequest(f"Invalid options: {e.msg} at position {e.pos}") from None
+        except (ValueError, RecursionError):  # a number past 4,300 digits, nesting too deep
+            raise InvalidRequest("Invalid options: too deeply nested or too large") from None
     if not isinstance(raw, list):
         return []
     return [o for o in raw if isinstance(o, dict) and isinstance(o.get("name"), str)]
 
 
+def _as_float(value: int | float) -> float:
+    """A JSON number as JavaScript holds it: integers past the float range are +-Infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _parse_int(value: Any) -> float:
+    """``parseInt`` as NodeODM applies it: digits past the float range give Infinity (float()
+    of the digits, which never meets Python's limit on int() of long strings)."""
     if isinstance(value, bool):
         return math.nan
-    if isinstance(value, int | float):
+    if isinstance(value, int):
+        return _as_float(value)
+    if isinstance(value, float):
         return float(int(value)) if math.isfinite(value) else math.nan
     m = _INT_PREFIX.match(str(value))
-    return float(int(m.group(1))) if m else math.nan
+    return float(m.group(1)) if m else math.nan
 
 
 def _parse_float(value: Any) -> float:
     if isinstance(value, bool):
         return math.nan
     if isinstance(value, int | float):
-        return float(value)
+        return _as_float(value)
     m = _FLOAT_PREFIX.match(str(value))
     return float(m.group(1)) if m else math.nan
 
