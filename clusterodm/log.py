@@ -12,6 +12,7 @@ import logging
 import sys
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 LEVELS = {
     "error": logging.ERROR,
@@ -40,12 +41,14 @@ class ContextFormatter(logging.Formatter):
 
 
 class BadRequestLines(logging.Filter):
-    """aiohttp's server logs every request it cannot parse at ERROR with a traceback; anyone
-    who can connect could fill the log that way. Such a record becomes one INFO line."""
+    """aiohttp's server logs every request it cannot parse at ERROR with a traceback (and a
+    body it cannot decode, met after the answer, as "Unhandled exception"); anyone who can
+    connect could fill the log that way. Such a record becomes one INFO line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
+        if isinstance(exc, HttpProcessingError | RequestPayloadError):
+            # a body that breaks after the answer was sent comes as "Unhandled exception"
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
             record.msg = "malformed HTTP request from %s: %s"
             record.args = (remote, _first_line(exc))
@@ -56,9 +59,9 @@ class BadRequestLines(logging.Filter):
         return True
 
 
-def _first_line(exc: HttpProcessingError) -> str:
-    text = f"{exc.code}, message={exc.message!r}"
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return text or type(exc).__name__
 
 
 _BAD_REQUESTS = BadRequestLines()

@@ -113,3 +113,26 @@ def store_url(redis_server: RedisServer) -> Iterator[str]:
     """A Redis store URL with a prefix of its own, emptied after the test."""
     yield f"{redis_server.url}?prefix=t-{uuidlib.uuid4().hex[:8]}:"
     flush_all(redis_server.port)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The hostile-input suite's counts (``tests/hostile``), summed over every test that
+    recorded them with ``record_property("hostile", ...)``; shown in CI's output."""
+    totals: dict[str, int] = {}
+    tests = 0
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "teardown":
+                continue
+            for name, value in getattr(report, "user_properties", ()):
+                if name == "hostile" and isinstance(value, dict):
+                    tests += 1
+                    for key, count in value.items():
+                        totals[key] = totals.get(key, 0) + int(count)
+    if tests:
+        terminalreporter.write_sep("-", "hostile inputs")
+        terminalreporter.write_line(
+            f"hostile inputs: {totals.get('requests', 0)} requests tried in {tests} tests, "
+            f"5xx: {totals.get('5xx', 0)}, tracebacks: {totals.get('tracebacks', 0)}, "
+            f"malformed HTTP answered by the parser: {totals.get('malformed', 0)}"
+        )

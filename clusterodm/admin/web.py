@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from clusterodm import __version__
 from clusterodm.admin.commands import NAME, AdminCommands, NodeOutOfRange
@@ -42,7 +44,7 @@ from clusterodm.admin.telnet import password_matches
 from clusterodm.errors import ClusterError
 from clusterodm.metrics import Metrics
 from clusterodm.numbers import MAX_DIGITS, BadNumber, parse_decimal
-from clusterodm.proxy.middleware import path_problem, sent_path
+from clusterodm.proxy.middleware import cause_line, drop_body, path_problem, sent_path
 
 METRICS = web.AppKey("metrics", Metrics)
 log = logging.getLogger(__name__)
@@ -108,14 +110,27 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure of ``/r/*`` becomes JSON ``{"error": ...}``; never a traceback. A path
-    with escapes, dot segments or past 512 characters is refused first, as by the proxy."""
+    """Every failure becomes JSON ``{"error": ...}``; never a traceback. A path with escapes,
+    dot segments or past 512 characters is refused first, as by the proxy; a body that cannot
+    be read (``Content-Encoding`` on plain bytes) is a 400 and ends the connection."""
     problem = path_problem(sent_path(request))
     if problem is not None:
         log.info("admin web: refused %s %.120r: %s", request.method, request.raw_path, problem)
         return _error(400, problem)
+    response = await _answer(request, handler)
+    if request.content.exception() is not None:  # a body that broke, read or not
+        drop_body(request, response)
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if request.content.exception() is not None:  # the body broke in parsing
+            raise RequestPayloadError(str(request.content.exception()))
         return await handler(request)
+    except (RequestPayloadError, HttpProcessingError) as e:
+        log.info("admin web: bad body on %s %s: %s", request.method, request.path, cause_line(e))
+        return _error(400, "Malformed request body")
     except BadInput as e:
         return _error(400, str(e))
     except Conflict as e:
@@ -123,7 +138,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except ClusterError as e:
         return _error(400, e.message)
     except web.HTTPException as e:
-        if request.path.startswith("/r/") and e.status >= 400:
+        if e.status >= 400:
             return _error(e.status, e.reason)
         raise
     except Exception:

@@ -102,14 +102,14 @@ def proxy_middleware(metrics: Metrics) -> Middleware:
                 raise
             except (RequestPayloadError, HttpProcessingError) as e:
                 # the body could not be read as sent (e.g. Content-Encoding: gzip on plain bytes)
-                log.info("bad body on %s %s: %s", request.method, request.path, _cause(e))
+                log.info("bad body on %s %s: %s", request.method, request.path, cause_line(e))
                 response = json_error("Malformed request body", 400)
-                _drop_body(request, response)
+                drop_body(request, response)
             except Exception:
                 log.exception("unhandled error on %s %s", request.method, request.path)
                 response = json_error("Internal error; the cluster logged the details.", 500)
             if request.content.exception() is not None:  # a body the handler did not read
-                _drop_body(request, response)
+                drop_body(request, response)
             if not response.prepared:
                 add_cors_headers(request, response)
             status = response.status
@@ -124,7 +124,7 @@ def proxy_middleware(metrics: Metrics) -> Middleware:
     return proxy
 
 
-def _drop_body(request: web.Request, response: web.StreamResponse) -> None:
+def drop_body(request: web.Request, response: web.StreamResponse) -> None:
     """After a body that cannot be read, the rest of it is not read either: aiohttp would try
     to (to keep the connection), meet the same error again and log it with a traceback. The
     connection closes after the answer instead."""
@@ -134,7 +134,7 @@ def _drop_body(request: web.Request, response: web.StreamResponse) -> None:
         request.content.feed_eof()
 
 
-def _cause(e: BaseException) -> str:
+def cause_line(e: BaseException) -> str:
     """One line about a body error: aiohttp's message, or the error beneath it."""
     inner = e.__cause__ or e.__context__
     text = str(inner or e) or type(e).__name__

@@ -126,14 +126,15 @@ async def start_attack(
     cluster_factory: ClusterFactory,
     tmp_path: Path,
     session: aiohttp.ClientSession,
+    **overrides: Any,
 ) -> Attack:
     """A cluster in front of ``node``, with a finished task for user a and one for user b."""
     if mode == "token":
-        cluster = await cluster_factory([node], token=TOKEN)
+        cluster = await cluster_factory([node], token=TOKEN, **overrides)
     else:
         users = tmp_path / "users.toml"
         users.write_text(users_toml())
-        cluster = await cluster_factory([node], users_file=str(users))
+        cluster = await cluster_factory([node], users_file=str(users), **overrides)
     attack = Attack(cluster, mode, session, getattr(node, "kind", "sim"))
     for who in ("a", "b"):
         attack.uuids[who] = await new_task(session, cluster.url, attack.token(who))
@@ -149,6 +150,12 @@ async def start_attack(
 
     await eventually(finished, timeout_s=60, interval_s=0.2, message="both tasks finished")
     return attack
+
+
+def all_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The records of the test's set-up and call, and of its tear-down so far (a fixture's
+    tear-down sees only its own phase in ``caplog.records``)."""
+    return caplog.get_records("setup") + caplog.get_records("call") + caplog.records
 
 
 def tracebacks(records: list[logging.LogRecord]) -> list[logging.LogRecord]:

@@ -26,7 +26,7 @@ from clusterodm.model import Node
 from clusterodm.nodes import paths
 from clusterodm.nodes.client import NodeClient
 from tests.conftest import ClusterFactory
-from tests.hostile.setup import TOKEN, Answer, Attack, Counts, tracebacks
+from tests.hostile.setup import TOKEN, Answer, Attack, Counts, all_records, tracebacks
 
 NESTED = "[" * 100_000 + "]" * 100_000
 DIGITS = "7" * 5000
@@ -47,7 +47,7 @@ async def target(
     async with aiohttp.ClientSession() as session:
         attack = Attack(cluster, "token", session, getattr(node, "kind", "sim"))
         yield attack
-        found = tracebacks(caplog.records)
+        found = tracebacks(all_records(caplog))
         attack.counts.tracebacks = len(found)
         record_property("hostile", attack.counts.as_dict())
         assert not found, [(r.name, r.getMessage()) for r in found]

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ClusterFactory
-from tests.hostile.setup import Answer, Attack, start_attack, tracebacks
+from tests.hostile.setup import Answer, Attack, all_records, start_attack, tracebacks
 
 DOTS = ["..", ".%2E", "%2E.", "%2e%2e", "%252E%252E", "%C0%AE%C0%AE", "%E0%80%AE.", "..;", "."]
 SEPS = ["/", "%2F", "%2f", "%252F", "%5C", "\\", "%C0%AF", ";/"]
@@ -41,7 +41,7 @@ async def attack(
     async with aiohttp.ClientSession() as session:
         attack = await start_attack(request.param, node, cluster_factory, tmp_path, session)
         yield attack
-        found = tracebacks(caplog.records)
+        found = tracebacks(all_records(caplog))
         attack.counts.tracebacks = len(found)
         record_property("hostile", attack.counts.as_dict())
         assert not found, [r.getMessage() for r in found]
