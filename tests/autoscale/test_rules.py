@@ -381,38 +381,42 @@ async def test_start_makes_and_keeps_a_cluster_tag() -> None:
 
 
 # --- teardown after /commit --------------------------------------------------------------------
+#: a uuid as the node is asked about it (nodes/paths.py checks it)
+TASK_UUID = "7d2a4c1e-0b3f-4e5a-9c8d-1f2e3d4c5b6a"
+
+
 async def test_teardown_after_commit_keeps_the_task_info() -> None:
     rig = Rig()
     static = await rig.registry.add("static.example", 3000)
     await rig.routes.add("static-task", static.key, "")
-    node = await rig.node("task-1")
-    await rig.routes.add("task-1", node.key, "alice")
+    node = await rig.node(TASK_UUID)
+    await rig.routes.add(TASK_UUID, node.key, "alice")
     assert await rig.asr.on_commit("unknown") is False
     assert await rig.asr.on_commit("static-task") is False  # not auto-spawned: nothing to do
-    assert await rig.asr.on_commit("task-1") is True
+    assert await rig.asr.on_commit(TASK_UUID) is True
     await eventually(lambda: rig.registry.get(node.key) is None, message="teardown")
     assert rig.provider.destroyed == ["m1"]
-    entry = rig.table.get("task-1")
+    entry = rig.table.get(TASK_UUID)
     assert entry is not None and entry.stage is TaskStage.FINISHED
     assert entry.owner == "alice" and entry.images_count == 3
     assert entry.output == ("line 1", "line 2") and int(entry.status) == 40
-    assert rig.routes.get("task-1") is None and rig.routes.get("static-task") is not None
-    assert rig.released == ["task-1"]
+    assert rig.routes.get(TASK_UUID) is None and rig.routes.get("static-task") is not None
+    assert rig.released == [TASK_UUID]
     assert [n.key for n in rig.registry.nodes()] == [static.key]
 
 
 async def test_teardown_waits_for_the_delay_and_survives_a_failed_destroy() -> None:
     rig = Rig(teardownDelay=0.05)
-    node = await rig.node("task-1")
-    await rig.routes.add("task-1", node.key, "")
+    node = await rig.node(TASK_UUID)
+    await rig.routes.add(TASK_UUID, node.key, "")
 
     async def refuse(machine: Machine) -> None:
         raise CloudError("API down")
 
     rig.provider.destroy = refuse  # type: ignore[method-assign]
-    assert await rig.asr.on_commit("task-1")
+    assert await rig.asr.on_commit(TASK_UUID)
     assert rig.registry.get(node.key) is not None  # not before the delay
-    await eventually(lambda: rig.routes.get("task-1") is None, message="task info kept")
+    await eventually(lambda: rig.routes.get(TASK_UUID) is None, message="task info kept")
     await eventually(
         lambda: (rig.registry.get(node.key) or node).machine.get("teardown"),  # type: ignore[union-attr]
         message="teardown marked",

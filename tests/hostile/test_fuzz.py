@@ -3,10 +3,11 @@
 hypothesis builds paths (route templates with one part replaced, or free segments, with
 escapes, dot segments and odd bytes), queries, headers, JSON and multipart bodies; each request
 goes byte for byte over a socket of its own to a ``--users`` cluster in front of the simulated
-node, where user a has a finished task and user b another. For every answer: no 5xx; an error is
-``{"error": "..."}``; nothing of b's task, and no result but a's own ``all.zip`` asked for by its
-own path. After all of them: no traceback in the log, nothing written outside the data dirs, and
-the cluster still answers ``/info``. The counts are printed at the end of the run.
+node and of the real NodeODM, where user a has a finished task and user b another. For every
+answer: no 5xx; an error is ``{"error": "..."}``; nothing of b's task, and no result but a's own
+``all.zip`` asked for by its own path. After all of them: no traceback in the log, nothing
+written outside the data dirs, and the cluster still answers ``/info``. The counts are printed
+at the end of the run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clusterodm.admin import AdminCommands, build_admin_app
-from tests.conftest import ClusterFactory, SimnodeFactory
+from tests.conftest import ClusterFactory
 from tests.hostile.setup import ALICE, Attack, Counts, all_records, start_attack, tracebacks
 
 EXAMPLES = 250
@@ -286,14 +287,14 @@ def outside_files(root: Path, allowed: list[Path]) -> set[Path]:
 
 @pytest.fixture
 async def fuzzed(
-    simnode_factory: SimnodeFactory,
+    node_factory: Any,
     cluster_factory: ClusterFactory,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     record_property: Any,
 ) -> AsyncIterator[tuple[Attack, Ledger]]:
     caplog.set_level(logging.DEBUG)
-    node = await simnode_factory(test_seconds=0.2)
+    node = await node_factory(test_seconds=1)
     before = outside_files(tmp_path, [])
     cwd_before = set(Path.cwd().iterdir())
     async with aiohttp.ClientSession() as session:
