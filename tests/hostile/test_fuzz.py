@@ -158,15 +158,16 @@ def paths(draw: st.DrawFn, templates: list[str]) -> str:
 
 
 def queries(token: str) -> st.SearchStrategy[str]:
+    """Query strings as sent: known and odd keys, values quoted, or raw escapes (invalid UTF-8,
+    overlong forms, a ``%`` alone)."""
     keys = st.sampled_from(["token", "with_output", "line", "limit", "uuid", "Token", "x"])
     values = st.one_of(
         st.just(token),
-        st.sampled_from(["0", "-1", "1e400", "7" * 5000, "²", "①", "٣", "", "true"]),
-        st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=8),
+        st.sampled_from(["0", "-1", "1e400", "7" * 5000, "²", "①", "٣", "", "true"]).map(quote),
+        st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=8).map(quote),
+        st.lists(st.sampled_from([*ESCAPES, "a", "0"]), max_size=4).map("".join),
     )
-    pair = st.tuples(keys, values, st.booleans()).map(
-        lambda kv: f"{quote(kv[0])}={quote(kv[1]) if kv[2] else kv[1].encode().hex()}"
-    )
+    pair = st.tuples(keys, values).map(lambda kv: f"{kv[0]}={kv[1]}")
     return st.lists(pair, max_size=4).map(lambda ps: "?" + "&".join(ps) if ps else "")
 
 
