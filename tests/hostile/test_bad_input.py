@@ -265,8 +265,8 @@ async def test_admin_web_numbers_and_bodies(
                     assert "error" in json.loads(body), body
                 return r.status
 
-        for value in ("²", "①", "٣", DIGITS, " 1 ", "1_000", "+1", "0x1"):
-            assert await go("GET", f"/r/tasks?limit={value}") == 400, value
+        for value in ("²", "①", "٣", DIGITS, "1_000", "+1", "0x1", "1.0"):
+            assert await go("GET", f"/r/tasks?limit={quote(value)}") == 400, value
             for route in ("/r/node/lock", "/r/node/unlock"):
                 assert await go("POST", route, json={"number": value}) == 400, value
             assert await go("DELETE", "/r/node", json={"number": value}) == 400
