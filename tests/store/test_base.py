@@ -270,7 +270,9 @@ async def test_100k_routes_bulk_insert_and_load(make_store: StoreFactory, backen
         f"\n{backend}: 100k routes: bulk insert {insert_s:.3f} s, load at start-up {load_s:.3f} s"
     )
     assert loaded == routes
-    assert load_s < 5.0, "sanity bound only; the target is well under 1 s"
+    # a bound against a pathological load (one round trip per route), not a timing goal:
+    # bench/ measures the speed
+    assert load_s < 30.0, "sanity bound only; the target is well under 1 s"
 
 
 async def test_route_moved_to_another_node_goes_with_that_node(store: Store) -> None:
