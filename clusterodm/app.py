@@ -28,6 +28,7 @@ from clusterodm.access.lightning import LightningAccess
 from clusterodm.access.local import LocalAccess
 from clusterodm.access.users import UsersAccess
 from clusterodm.autoscale import AsrConfig, Autoscaler, load_asr_config, make_provider
+from clusterodm.compat import Runner
 from clusterodm.config import Settings, parse_dns_server
 from clusterodm.metrics import Metrics
 from clusterodm.model import Route
@@ -163,7 +164,14 @@ class Cluster:
     async def add_site(
         self, name: str, app: web.Application, port: int, ssl_context: ssl.SSLContext | None = None
     ) -> web.TCPSite:
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+        # the access log costs a line per request: only at --log-level verbose or below
+        access = logging.getLogger("aiohttp.access") if logsetup.access_log_enabled() else None
+        runner = web.AppRunner(
+            app,
+            access_log=access,
+            access_log_class=logsetup.AccessLog,
+            handler_cancellation=False,
+        )
         await runner.setup()
         self.runners.append(runner)
         site = web.TCPSite(
@@ -291,9 +299,7 @@ async def start_cluster(settings: Settings) -> Cluster:
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     store = build_store(settings)
     await store.open()
-    nodes_imported, routes_imported = await import_legacy(data_dir, store)
-    if nodes_imported or routes_imported:
-        log.info("imported %d nodes and %d routes", nodes_imported, routes_imported)
+    await import_legacy(data_dir, store)  # logs what it imported, once
 
     limiter = RateLimiter(settings.upload_max_speed) if settings.upload_max_speed else None
     client = NodeClient(settings.timeouts, limiter)
@@ -540,6 +546,6 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run(settings: Settings) -> None:
-    logsetup.setup(settings.log_level)
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+    logsetup.setup(settings.log_level, settings.log_format)
+    with Runner(loop_factory=loop_factory()) as runner:
         runner.run(serve(settings))

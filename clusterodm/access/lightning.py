@@ -113,7 +113,7 @@ class LightningAccess:
                 if resp.status != 200:
                     raise ServiceError(f"Service responded with status {resp.status}")
                 answer = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, ValueError) as e:
             raise ServiceError(str(e) or type(e).__name__) from None
         if not isinstance(answer, dict):
             raise ServiceError("Service answered something else than a JSON object")

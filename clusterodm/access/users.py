@@ -18,13 +18,13 @@ import hmac
 import logging
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from clusterodm.access.base import Limits, User
+from clusterodm.compat import tomllib
 from clusterodm.config import ConfigError
 from clusterodm.errors import AuthError
 from clusterodm.tasks.limits import parse_rules

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from clusterodm import __version__
+from clusterodm.compat import timeout
 from clusterodm.errors import ClusterError, InvalidRequest, NodeError, TaskNotFound
 from clusterodm.model import Node, Route, TaskEntry, TaskStatus
 from clusterodm.nodes.address import check_port
@@ -353,9 +354,9 @@ class AdminCommands:
                 return None
             async with gate:
                 try:
-                    async with asyncio.timeout(TASK_QUERY_TIMEOUT_S):
+                    async with timeout(TASK_QUERY_TIMEOUT_S):
                         info = await client.task_info(node, route.uuid)
-                except (NodeError, TimeoutError) as e:
+                except (NodeError, TimeoutError, asyncio.TimeoutError) as e:
                     log.debug("task info of %s from %s failed: %s", route.uuid, node.key, e)
                     return None
             return info

@@ -39,6 +39,7 @@ from typing import Any
 from clusterodm import __version__
 from clusterodm.admin.cli_commands import FAIL, INVALID, OK, execute
 from clusterodm.admin.commands import NAME, AdminCommands
+from clusterodm.compat import timeout
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class Session:
             return
         self.writer.write(bytes(self._out))
         self._out.clear()
-        async with asyncio.timeout(WRITE_TIMEOUT_S):
+        async with timeout(WRITE_TIMEOUT_S):
             await self.writer.drain()
 
     async def run(self) -> None:
@@ -182,7 +183,9 @@ class Session:
         try:
             await self._serve()
         finally:
-            with contextlib.suppress(ConnectionError, TimeoutError, RuntimeError):
+            with contextlib.suppress(
+                ConnectionError, TimeoutError, asyncio.TimeoutError, RuntimeError
+            ):
                 await self.flush()
 
     async def _serve(self) -> None:
@@ -202,9 +205,9 @@ class Session:
                 await self.flush()  # about to wait for the client: answer what it sent
                 self.idle_since = time.monotonic()
                 try:
-                    async with asyncio.timeout(timeout_s):
+                    async with timeout(timeout_s):
                         raw = await self.lines.next_line()
-                except TimeoutError:
+                except (TimeoutError, asyncio.TimeoutError):
                     log.debug("admin CLI: %s idle for %.0f s, closed", self.peer, timeout_s)
                     await self.send(["Timed out"])
                     return
@@ -350,7 +353,7 @@ class AdminCli:
             self._sessions.add(task)
             self._open.add(session)
             await session.run()
-        except (ConnectionError, TimeoutError) as e:
+        except (ConnectionError, TimeoutError, asyncio.TimeoutError) as e:
             log.debug("admin CLI: connection ended: %r", e)
         finally:
             if task is not None:
@@ -358,8 +361,8 @@ class AdminCli:
             if session is not None:
                 self._open.discard(session)
             writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                async with asyncio.timeout(1.0):
+            with contextlib.suppress(ConnectionError, TimeoutError, asyncio.TimeoutError):
+                async with timeout(1.0):
                     await writer.wait_closed()
 
     async def close(self) -> None:

@@ -118,7 +118,7 @@ class LocalProvider:
             try:
                 await asyncio.wait_for(proc.wait(), STOP_WAIT_S)
                 return True
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):
                 return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STOP_WAIT_S

@@ -146,7 +146,7 @@ class ScalewayProvider:
             return await asyncio.wait_for(asyncio.to_thread(fn), CALL_TIMEOUT_S)
         except CloudError:
             raise
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             raise CloudError(f"Scaleway {what}: no answer in {CALL_TIMEOUT_S:g} s") from None
         except self._errors as e:
             kind = _NotFound if getattr(e, "status_code", None) == 404 else CloudError

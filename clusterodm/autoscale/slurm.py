@@ -60,7 +60,7 @@ class SlurmProvider:
             raise CloudError(f"cannot run {argv[0]}: {e.strerror}") from None
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.timeout_s)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             proc.kill()
             await proc.wait()
             raise CloudError(f"{argv[0]} did not answer within {self.timeout_s:g} s") from None

@@ -103,7 +103,7 @@ class NodeClient:
                 method, self.url(node, path, query), timeout=limits, **kwargs
             ) as resp:
                 return resp.status, await resp.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, OSError) as e:
             raise NodeUnreachable(f"{node.key} unreachable: {_describe(e)}", node.key) from e
 
     @staticmethod

@@ -76,7 +76,7 @@ class HealthMonitor:
         probe.add_done_callback(self._probes.discard)
         try:
             return await asyncio.wait_for(asyncio.shield(probe), wait_s)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             return False
 
     def wake(self) -> None:
@@ -94,5 +94,5 @@ class HealthMonitor:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):
                 pass

@@ -30,6 +30,7 @@ from enum import Enum
 from typing import cast
 
 from clusterodm import __version__
+from clusterodm.compat import timeout
 from clusterodm.errors import NodeUnreachable
 from clusterodm.model import Node
 
@@ -411,11 +412,11 @@ class _Pool:
     async def _connect(self, connect_s: float) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(connect_s):
+            async with timeout(connect_s):
                 _, conn = await loop.create_connection(
                     lambda: _Connection(loop, self), self.host, self.port
                 )
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             raise _Broken(f"Connection timeout to host http://{self.host}:{self.port}") from None
         except OSError as e:
             reason = e.strerror or str(e) or type(e).__name__
@@ -528,7 +529,7 @@ class PollClient:
                     retried = True
                     continue
                 raise NodeUnreachable(_unreachable(node, e), node.key) from e
-            except (_Broken, TimeoutError) as e:
+            except (_Broken, TimeoutError, asyncio.TimeoutError) as e:
                 pool.discard(conn)
                 raise NodeUnreachable(_unreachable(node, e), node.key) from e
             except BaseException:  # AnswerTooLarge, or cancelled halfway through an answer

@@ -23,6 +23,7 @@ from aiohttp import web
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from clusterodm.compat import timeout
 from clusterodm.errors import InvalidRequest
 
 RawSink = Callable[[bytes], Awaitable[None]]
@@ -138,9 +139,9 @@ class FormReader:
         """Read one received chunk, pass it to the tap, parse it."""
         self._started = True
         try:
-            async with asyncio.timeout(self.idle_s):
+            async with timeout(self.idle_s):
                 chunk, _ = await self.content.readchunk()
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             raise InvalidRequest(
                 f"Upload stalled: nothing received for {self.idle_s:.0f} s"
             ) from None

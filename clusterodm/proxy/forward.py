@@ -145,7 +145,7 @@ async def forward(
             allow_redirects=False,
             read_bufsize=READ_BUFFER,
         )
-    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+    except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, OSError) as e:
         raise NodeUnreachable(f"Node {node.key} is not reachable ({e or type(e).__name__})") from e
     try:
         length = upstream.content_length
@@ -173,7 +173,7 @@ async def forward(
             # chunks as they arrived, never joined into bigger ones (no extra copy)
             async for chunk, _ in upstream.content.iter_chunks():
                 await stream.write(chunk)
-        except (aiohttp.ClientError, TimeoutError) as e:
+        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as e:
             # The stream has started: nothing sensible can be sent now but a broken connection.
             log.warning("stream from %s broke: %s", node.key, e)
             if request.transport is not None:
@@ -181,7 +181,7 @@ async def forward(
             return stream
         await stream.write_eof()
         return stream
-    except (aiohttp.ClientError, TimeoutError) as e:
+    except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as e:
         raise NodeUnreachable(f"Node {node.key} broke off ({e or type(e).__name__})") from e
     finally:
         upstream.release()

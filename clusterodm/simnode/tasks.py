@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -318,5 +318,5 @@ def _move_staged_files(staging: Path, task_dir: Path) -> list[str]:
 
 def iso_now() -> str:
     """``new Date().toISOString()``, for NodeODM's default task name."""
-    moment = datetime.now(UTC)
+    moment = datetime.now(timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

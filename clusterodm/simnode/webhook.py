@@ -44,7 +44,7 @@ class WebhookSender:
                     if response.status == 200:
                         return
                     problem = f"HTTP {response.status}"
-            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, ValueError) as error:
                 problem = repr(error)
             log.warning("webhook %s failed (try %d): %s", url, attempt + 1, problem)
             if wait_s is None:

@@ -27,7 +27,7 @@ async def fetch_images_zip(url: str, folder: Path) -> None:
             with target.open("wb") as out:
                 async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
                     out.write(chunk)
-    except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as error:
+    except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, ValueError, OSError) as error:
         target.unlink(missing_ok=True)
         raise ZipUrlError(f"Could not download {url}: {error}") from None
     try:

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from clusterodm.compat import cancel_requested
 from clusterodm.errors import StoreError
 from clusterodm.model import Node, Route, StagedUpload, TaskEntry, TaskStage, Waiting
 from clusterodm.store import codec
@@ -930,8 +931,7 @@ class RedisStore:
 def _cancelled_as(exc: BaseException | None) -> None:
     """redis-py may report a cancelled read as a connection error; raise the cancellation
     instead, or a loop that handles ``StoreError`` would run on after being cancelled."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    if cancel_requested():
         raise asyncio.CancelledError from exc
 
 

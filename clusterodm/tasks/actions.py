@@ -10,13 +10,13 @@ cancelling or removing it is announced so the instance running its dispatch stop
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from clusterodm.access.base import User
+from clusterodm.compat import TaskGroup
 from clusterodm.errors import NodeError, TaskNotFound
 from clusterodm.model import ANY_UUID_RE, Node, TaskEntry, TaskStage, TaskStatus
 from clusterodm.nodes import paths
@@ -105,7 +105,7 @@ class TaskActions:
                 return
             known[key] = {str(x.get("uuid")) for x in listed if isinstance(x, dict)}
 
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             for key in keys:
                 tg.create_task(ask(key))
         on_nodes = [r.uuid for r in routes if (k := known.get(r.node_key)) is None or r.uuid in k]

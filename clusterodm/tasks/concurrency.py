@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from clusterodm.compat import timeout
 from clusterodm.errors import ClusterError, LimitExceeded
 from clusterodm.model import Route, TaskEntry, TaskStatus
 
@@ -52,9 +53,9 @@ async def count_active(
 
     async def ask(route: Route) -> bool:
         try:
-            async with gate, asyncio.timeout(timeout_s):
+            async with gate, timeout(timeout_s):
                 code = await status_of(route)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             log.warning(
                 "task %s: no status within %.0f s, counted as running", route.uuid, timeout_s
             )

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from clusterodm import log as logctx
+from clusterodm.compat import ExceptionGroup, TaskGroup, cancel_requested
 from clusterodm.config import DispatchSettings
 from clusterodm.errors import (
     CloudError,
@@ -375,7 +376,7 @@ class Dispatcher:
                     self.on_waiting()
                 try:
                     await asyncio.wait_for(asyncio.shield(fut), self.settings.queue_poll_s)
-                except TimeoutError:
+                except (TimeoutError, asyncio.TimeoutError):
                     self.wake()
             if self.metrics is not None:
                 self.metrics.queue_wait_seconds.observe(time.monotonic() - queued_at)
@@ -446,7 +447,7 @@ class Dispatcher:
                 if self.on_waiting is not None:
                     self.on_waiting()
                 self._nudge.clear()
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                     await asyncio.wait_for(self._nudge.wait(), self.settings.queue_poll_s)
         except BaseException:
             if grant is not None:  # taken, then cancelled before it was handed over
@@ -586,8 +587,7 @@ class Dispatcher:
         except Superseded:
             log.info("task %s: cancelled or removed meanwhile; dispatch stopped", uuid)
         except Exception as e:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if cancel_requested():
                 raise asyncio.CancelledError from e  # a library reported our cancel as an error
             if self.claims is not None and isinstance(e, StoreError):
                 # shared store out of reach: the claim lapses and the takeover scan restarts it
@@ -761,7 +761,7 @@ class Dispatcher:
                     await asyncio.sleep(min(self._backoff(attempt), 5.0))
 
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with TaskGroup() as tg:
                 for path in files:
                     tg.create_task(send_one(path))
         except ExceptionGroup as eg:

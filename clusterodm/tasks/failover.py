@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from clusterodm.compat import TaskGroup
 from clusterodm.config import FailoverSettings
 from clusterodm.errors import NodeError, NodeRejected
 from clusterodm.metrics import Metrics
@@ -71,7 +72,7 @@ class FailoverMonitor:
             else:
                 self._offline_since.pop(node.key, None)
                 online.append(task)
-        async with asyncio.TaskGroup() as tg:
+        async with TaskGroup() as tg:
             for task in online:
                 tg.create_task(self._probe(task))
 

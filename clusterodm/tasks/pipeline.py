@@ -410,7 +410,7 @@ class UploadPipelines:
             while pipe.written < pipe.version:
                 wait_s = pipe.last_write + RECORD_INTERVAL_S - time.monotonic()
                 if wait_s > 0 and not pipe.hurry.is_set():
-                    with contextlib.suppress(TimeoutError):
+                    with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                         await asyncio.wait_for(pipe.hurry.wait(), wait_s)
                 pipe.last_write = time.monotonic()
                 version = pipe.version

@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
+from clusterodm.compat import cancel_requested
 from clusterodm.config import ScaleOutSettings
 from clusterodm.errors import StoreError
 from clusterodm.nodes.registry import NodeRegistry
@@ -54,8 +55,7 @@ def new_instance_id() -> str:
 def stop_if_cancelled() -> None:
     """Re-raise a cancellation that a library turned into an error (redis-py may report a
     cancelled read as a connection error); a loop that caught it would otherwise run on."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    if cancel_requested():
         raise asyncio.CancelledError
 
 
