@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterodm import __version__
-from clusterodm.config import LOG_LEVELS, ConfigError, Settings
+from clusterodm.config import LOG_FORMATS, LOG_LEVELS, ConfigError, Settings
 
 # flag (as in the original) -> (Settings field, converter)
 _KEYS: dict[str, tuple[str, Any]] = {
@@ -27,6 +27,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "admin-cli-idle-timeout": ("admin_cli_idle_s", float),
     "admin-cli-max-per-address": ("admin_cli_max_per_address", int),
     "log-level": ("log_level", str),
+    "log-format": ("log_format", str),
     "cloud-provider": ("cloud_provider", str),
     "token": ("token", str),
     "users": ("users_file", str),
@@ -84,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="admin CLI sessions one address may hold; more replace its idlest (default 8)",
     )
     a("--log-level", choices=LOG_LEVELS, default=S, help="logging level (default info)")
+    a(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=S,
+        help="text (default) or json: one JSON object per line",
+    )
     a("-c", "--cloud-provider", default=S, help="access provider: local | lightning")
     a("--token", default=S, help="token clients must pass (?token=) with the local provider")
     a("--users", metavar="FILE", default=S, help="TOML file of user tokens and their limits")

@@ -18,6 +18,7 @@ from yarl import URL
 from clusterodm.errors import InvalidRequest
 
 LOG_LEVELS = ("error", "warn", "info", "verbose", "debug", "silly")
+LOG_FORMATS = ("text", "json")
 STORE_SCHEMES = ("redis://", "rediss://")
 
 
@@ -171,6 +172,7 @@ class Settings:
     admin_cli_idle_s: float = 3600.0  # an admin CLI session silent this long is closed
     admin_cli_max_per_address: int = 8  # admin CLI sessions from one address at once
     log_level: str = "info"
+    log_format: str = "text"  # "json": one object per line (Loki, ELK)
     cloud_provider: str = "local"
     token: str = ""
     users_file: str = ""  # TOML users file; replaces --token (per-user tokens and limits)
@@ -220,6 +222,10 @@ class Settings:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(
                 f"--log-level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"--log-format: {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}"
             )
         if bool(self.ssl_key) != bool(self.ssl_cert):
             raise ConfigError("--ssl-key and --ssl-cert must be given together")

@@ -1,17 +1,28 @@
 """Logging set-up: the original's level names mapped to stdlib levels, one line per event.
 
-Every line carries the task and node it is about, when there is one: ``uuid=`` and ``node=``
-come from context variables that the dispatcher and the task endpoints set, so a grep for a
-uuid finds the whole story of a task across the proxy's parts.
+Every line carries the task, node and user it is about, when there is one: ``uuid``, ``node``
+and ``user`` come from context variables that the dispatcher and the task endpoints set, or from
+the ``fields`` a call passes (``extra={"fields": {...}}``, see ``event``), so a grep for a uuid
+finds the whole story of a task across the proxy's parts.
+
+Two formats (``--log-format``): ``text``, one readable line ending in ``key=value`` pairs, and
+``json``, one object per line for Loki or ELK. Both stamp ISO 8601 times with milliseconds and
+the zone (``2026-01-02T03:04:05.678+00:00``). At ``verbose`` every HTTP request is logged too
+(``AccessLog``), without its query string, which may hold a token.
 """
 
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import sys
+from datetime import datetime
+from typing import Any
 
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web import BaseRequest, StreamResponse
 from aiohttp.web_protocol import RequestPayloadError
 
 LEVELS = {
@@ -22,21 +33,53 @@ LEVELS = {
     "debug": logging.DEBUG,
     "silly": logging.DEBUG - 5,
 }
+VERBOSE = LEVELS["verbose"]
 
 task_uuid: contextvars.ContextVar[str] = contextvars.ContextVar("task_uuid", default="")
 node_key: contextvars.ContextVar[str] = contextvars.ContextVar("node_key", default="")
+user_name: contextvars.ContextVar[str] = contextvars.ContextVar("user_name", default="")
+
+CONTEXT_KEYS = ("uuid", "node", "user")
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's ``uuid``/``node``/``user`` (given ones win over the context) and its
+    other fields, in that order; empty values are left out."""
+    given: dict[str, Any] = getattr(record, "fields", None) or {}
+    out: dict[str, Any] = {}
+    for key, var in zip(CONTEXT_KEYS, (task_uuid, node_key, user_name), strict=True):
+        value = given.get(key) or var.get()
+        if value:
+            out[key] = value
+    for key, value in given.items():
+        if key not in CONTEXT_KEYS and value is not None:
+            out[key] = value
+    return out
+
+
+def iso_time(created: float) -> str:
+    """Local time with milliseconds and the zone offset."""
+    return datetime.fromtimestamp(created).astimezone().isoformat(timespec="milliseconds")
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, float):
+        value = round(value, 3)
+    text = str(value)
+    if not text or any(c in text for c in ' "=\n'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
 
 
 class ContextFormatter(logging.Formatter):
-    """``time LEVEL logger: message uuid=... node=...`` with the context fields that are set."""
+    """``time LEVEL logger: message uuid=... node=... user=... key=value...``"""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return iso_time(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extra = []
-        if uuid := task_uuid.get():
-            extra.append(f"uuid={uuid}")
-        if node := node_key.get():
-            extra.append(f"node={node}")
+        extra = [f"{k}={_text_value(v)}" for k, v in record_fields(record).items()]
         return f"{line} {' '.join(extra)}" if extra else line
 
 
@@ -74,14 +117,64 @@ def quiet_bad_requests() -> None:
         server_log.addFilter(_BAD_REQUESTS)
 
 
-def setup(level: str = "info") -> None:
-    logging.addLevelName(LEVELS["verbose"], "VERBOSE")
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, msg, the context and event fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {
+            "time": iso_time(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record_fields(record).items():
+            obj.setdefault(key, value)
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+def event(logger: logging.Logger, level: int, msg: str, /, **fields: Any) -> None:
+    """Log one event line: ``msg`` and named fields (``event=...``, ``uuid=...``, numbers)."""
+    if logger.isEnabledFor(level):
+        logger.log(level, msg, extra={"fields": fields})
+
+
+class AccessLog(AbstractAccessLogger):
+    """One ``verbose`` line per HTTP request: method, path (no query), status, bytes, time."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        event(
+            self.logger,
+            VERBOSE,
+            f"{request.method} {request.path} {response.status}",
+            event="http",
+            remote=request.remote,
+            bytes=response.body_length,
+            ms=round(time * 1000, 1),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(VERBOSE)
+
+
+def access_log_enabled() -> bool:
+    return logging.getLogger("aiohttp.access").isEnabledFor(VERBOSE)
+
+
+def make_formatter(fmt: str = "text") -> logging.Formatter:
+    if fmt == "json":
+        return JsonFormatter()
+    return ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def setup(level: str = "info", fmt: str = "text") -> None:
+    logging.addLevelName(VERBOSE, "VERBOSE")
     logging.addLevelName(LEVELS["silly"], "SILLY")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
+    handler.setFormatter(make_formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(level, logging.INFO))
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
