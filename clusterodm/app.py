@@ -357,6 +357,7 @@ async def start_cluster(settings: Settings) -> Cluster:
         actions,
     )
     deps.guard = FailedTokenGuard(settings.auth_fail_limit, settings.auth_fail_window_s)
+    dispatcher.events = intake.events = actions.events = failover.events = deps.events
     cluster = Cluster(settings, store, deps, staging)
     if isinstance(access, LightningAccess):
         cluster.closers.append(access.close)
@@ -400,6 +401,7 @@ async def start_cluster(settings: Settings) -> Cluster:
         if isinstance(access, UsersAccess):
             cluster.background(access.watch(settings.users_reload_s), "users file")
         cluster.background(failover.run(), "failover")
+        cluster.background(watch_tasks(cluster), "task events")
         cluster.background(_every(ROUTE_FLUSH_S, routes.flush, "route flush"), "route flush")
         cluster.background(_every(SWEEP_EVERY_S, lambda: sweep(cluster), "sweep"), "sweep")
         await sweep(cluster)
@@ -475,6 +477,35 @@ def watch(cluster: Cluster) -> None:
         "Machines started by the autoscaler",
         lambda: sum(1 for n in reg.nodes() if n.auto_spawned),
     )
+
+
+async def watch_tasks(cluster: Cluster) -> None:
+    """Follow the tasks sent to nodes (their events in the log) and sample the cluster's
+    time series for the admin page's charts."""
+    d, s, m = cluster.deps, cluster.settings, cluster.metrics
+    events = d.events
+    next_sample = 0.0
+
+    def counter(name: str) -> float:
+        return m.registry.get_sample_value(name) or 0.0
+
+    while True:
+        try:
+            await events.watch_once(d.client, d.registry.get)
+            now = time.time()
+            if now >= next_sample:
+                events.series.sample(
+                    now,
+                    d.dispatcher.queue_length(),
+                    events.running_count(),
+                    counter("clusterodm_bytes_received_total"),
+                    counter("clusterodm_bytes_sent_total"),
+                )
+                next_sample = now + events.series.step_s
+        except Exception:
+            stop_if_cancelled()
+            log.exception("task events round failed")
+        await asyncio.sleep(s.task_watch_s)
 
 
 async def start_admin(cluster: Cluster) -> None:

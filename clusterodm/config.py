@@ -197,6 +197,7 @@ class Settings:
     online_window_s: float = 120.0  # online if last good refresh is younger than this
     stale_uploads_max_age_s: float = 48 * 3600.0
     options_cache_s: float = 3600.0
+    task_watch_s: float = 5.0  # how often nodes are asked about tasks sent to them (log events)
     timeouts: Timeouts = field(default_factory=Timeouts)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     failover: FailoverSettings = field(default_factory=FailoverSettings)

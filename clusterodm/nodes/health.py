@@ -41,7 +41,7 @@ class HealthMonitor:
             info = await self.client.info(node)
         except NodeError as e:
             log.debug("refresh of %s failed: %s", node.key, e.message)
-            self.registry.record_failure(node.key)
+            self.registry.record_failure(node.key, e.message)
             return False
         except Exception as e:  # one node's fault must not reach the others
             self._fault(node, "failed", e)

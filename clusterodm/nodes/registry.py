@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from clusterodm.errors import InvalidRequest
+from clusterodm.log import event
 from clusterodm.model import Node, NodeInfo, node_key
 from clusterodm.nodes.address import check_hostname, check_port
 from clusterodm.nodes.selection import NodeState, available_slots, best_node
@@ -48,6 +49,8 @@ class NodeRegistry:
         self._clock = clock
         self._nodes: list[Node] = []
         self._failed: set[str] = set()
+        #: why each node went offline (the last failed probe or request), for the admin page
+        self.offline_reasons: dict[str, str] = {}
         self._transients: dict[str, int] = {}
         self._reserved: dict[str, int] = {}  # shared store: slots every instance has taken
         self._last_chosen: dict[str, int] = {}
@@ -240,12 +243,24 @@ class NodeRegistry:
         return updated
 
     async def record_info(self, key: str, info: NodeInfo) -> Node | None:
+        node = self.get(key)
+        if node is not None and not self.is_online(node):
+            event(log, logging.INFO, f"node {key} online", event="node_online", node=key)
         self._failed.discard(key)
+        self.offline_reasons.pop(key, None)
         return await self._update(key, info=info, last_refreshed_ms=self._now_ms())
 
-    def record_failure(self, key: str) -> None:
+    def record_failure(self, key: str, why: str = "a request to it failed") -> None:
         if key not in self._failed:
-            log.warning("node %s is offline", key)
+            event(
+                log,
+                logging.WARNING,
+                f"node {key} offline: {why}",
+                event="node_offline",
+                node=key,
+                reason=why,
+            )
+        self.offline_reasons[key] = why
         self._failed.add(key)
         self._notify()
 

@@ -18,6 +18,7 @@ from clusterodm.nodes.health import HealthMonitor
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.tasks.actions import TaskActions
 from clusterodm.tasks.dispatch import Dispatcher
+from clusterodm.tasks.events import TaskEvents
 from clusterodm.tasks.intake import TaskIntake
 from clusterodm.tasks.options import Option
 from clusterodm.tasks.routes import RouteTable
@@ -66,6 +67,7 @@ class ProxyDeps:
     actions: TaskActions
     guard: FailedTokenGuard = field(default_factory=lambda: FailedTokenGuard(10, 600.0))
     discovery: Discovery | None = None  # --nodes-from
+    events: TaskEvents = field(default_factory=TaskEvents)
 
 
 DEPS = web.AppKey("deps", ProxyDeps)

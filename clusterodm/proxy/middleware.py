@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestPayloadError
 
+from clusterodm import log as logctx
 from clusterodm.access.guard import AuthUnavailable, TooManyFailures
 from clusterodm.errors import AuthError, ClusterError
 from clusterodm.metrics import Metrics
@@ -194,11 +195,13 @@ async def _authorise(request: web.Request) -> web.Response | None:
             {"error": e.message}, status=e.status, headers={"Retry-After": str(e.retry_after_s)}
         )
     try:
-        request[USER] = await access.authenticate(token)
+        request[USER] = user = await access.authenticate(token)
     except AuthUnavailable:
         raise
     except AuthError:
         if token:
             guard.failed(ip)
         raise
+    if user.name:
+        logctx.user_name.set(user.name)  # this request's lines name its user
     return None

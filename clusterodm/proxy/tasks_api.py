@@ -217,7 +217,13 @@ async def task_download(request: web.Request) -> web.StreamResponse:
             raise InvalidRequest("Invalid asset")
         path = _node_path(lambda: paths.download(uuid, asset))
         query = _passed_query(request, "download")
-        return await forward(request, d.client, node, path, query=query)
+        started = time.monotonic()
+        resp = await forward(request, d.client, node, path, query=query)
+        if resp.status == 200:
+            # streamed answers may bypass the response's own byte count: the length it declared
+            size = resp.body_length or resp.content_length or 0
+            d.events.downloaded(uuid, asset, size, time.monotonic() - started)
+        return resp
     if asset != "all.zip":
         raise InvalidRequest("Invalid asset")
     raise InvalidRequest("Asset not ready")

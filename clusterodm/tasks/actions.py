@@ -23,6 +23,7 @@ from clusterodm.nodes import paths
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.tasks.dispatch import LAUNCHING, Dispatcher
+from clusterodm.tasks.events import TaskEvents
 from clusterodm.tasks.intake import TaskIntake
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
@@ -41,6 +42,7 @@ class TaskActions:
         intake: TaskIntake,
         per_user: bool,
     ) -> None:
+        self.events = TaskEvents()  # app.py shares the cluster's
         self.registry = registry
         self.client = client
         self.routes = routes
@@ -142,6 +144,8 @@ class TaskActions:
         except NodeError:
             self.registry.record_failure(node.key)
             raise
+        if answer.get("success") is True and action in ("cancel", "remove"):
+            self.events.ended(uuid, "cancelled" if action == "cancel" else "removed")
         if action == "remove" and answer.get("success") is True:
             await self.routes.delete(uuid)
             if self.table.get(uuid) is not None:
@@ -152,6 +156,8 @@ class TaskActions:
         """cancel / remove / restart of a task the proxy still holds."""
         if self.announce is not None and action in ("cancel", "remove"):
             await self.announce(f"cancel {task.uuid}")  # stop its dispatch on any instance
+        if action in ("cancel", "remove"):
+            self.events.ended(task.uuid, "cancelled" if action == "cancel" else "removed")
         if action == "cancel":
             await self.dispatcher.cancel(task.uuid)
             if not task.status.is_final:

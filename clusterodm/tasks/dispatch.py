@@ -55,6 +55,7 @@ from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.nodes.selection import NodeState, best_node
 from clusterodm.store.base import Store
 from clusterodm.store.staging import Staging
+from clusterodm.tasks.events import TaskEvents
 from clusterodm.tasks.pipeline import PIPELINE_META, UploadPipelines
 from clusterodm.tasks.queue import FairTags, fair_order, position
 from clusterodm.tasks.routes import RouteTable
@@ -174,6 +175,7 @@ class Dispatcher:
         on_waiting: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.events = TaskEvents()  # app.py shares the cluster's
         self.registry = registry
         self.client = client
         self.routes = routes
@@ -555,6 +557,7 @@ class Dispatcher:
         await self._write(
             uuid, stage=TaskStage.QUEUED, status=TaskStatus.QUEUED, output=(*output, line)
         )
+        self.events.queued(uuid, place, total)
 
     async def _write(self, uuid: str, **changes: Any) -> TaskEntry:
         """Update the task's entry only while it is still being dispatched (compare-and-set on
@@ -640,6 +643,7 @@ class Dispatcher:
                 )
                 self._consume_grant(task.owner)
                 counted = True
+                self.events.dispatched(uuid, node.key, task.attempts)
                 started = time.monotonic()
                 await self._send(node, task)
                 if self.metrics is not None:
@@ -679,12 +683,14 @@ class Dispatcher:
             output=(*task.output, f"Could not start the task: {last_error}"),
         )
         log.error("task %s: gave up dispatching: %s", uuid, last_error)
+        self.events.ended(uuid, "failed", last_error)
 
     async def _finish_pipeline(self, task: TaskEntry) -> bool:
         """The images went on to a node while they arrived: send the rest and commit there."""
         assert self.pipelines is not None
         node_key = task.node_key or ""
         await self._write(task.uuid, stage=TaskStage.DISPATCHING, attempts=task.attempts + 1)
+        self.events.dispatched(task.uuid, node_key, task.attempts + 1)
         started = time.monotonic()
         try:
             node = await self.pipelines.finish(
@@ -795,7 +801,7 @@ class Dispatcher:
             self._kept_bytes.pop(task.uuid, None)
             await self.table.delete(task.uuid)
             await self.staging.remove(task.uuid)
-        log.info("task %s forwarded to %s", task.uuid, node_key)
+        self.events.landed(task.uuid, node_key)
         self.wake()
 
     async def _undo(self, uuid: str, node_key: str) -> None:

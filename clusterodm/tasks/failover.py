@@ -23,6 +23,7 @@ from clusterodm.model import TaskEntry, TaskStage, TaskStatus
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.tasks.dispatch import Dispatcher
+from clusterodm.tasks.events import TaskEvents
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
 
@@ -54,6 +55,7 @@ class FailoverMonitor:
         self.metrics: Metrics | None = None
         #: False while another instance checks for the whole cluster (shared store)
         self.leads: Callable[[], bool] = lambda: True
+        self.events = TaskEvents()  # app.py shares the cluster's
 
     async def check_once(self) -> None:
         landed = self.table.landed()
@@ -107,8 +109,10 @@ class FailoverMonitor:
             )
             await self.routes.delete(task.uuid)
             log.error("task %s: %s; giving up", task.uuid, why)
+            self.events.ended(task.uuid, "failed", why)
             return
         moves = current.failovers + 1
+        self.events.moved(task.uuid, current.node_key or "", why, moves)
         await self.table.update(
             task.uuid,
             stage=TaskStage.COMMITTED,

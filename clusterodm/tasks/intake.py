@@ -27,6 +27,7 @@ from clusterodm.store.base import Store
 from clusterodm.store.staging import Staging
 from clusterodm.tasks.concurrency import ConcurrencyGate
 from clusterodm.tasks.dispatch import LAUNCHING, node_fields
+from clusterodm.tasks.events import TaskEvents
 from clusterodm.tasks.limits import check_options, enforce
 from clusterodm.tasks.options import Option, apply_splitmerge, parse_options
 from clusterodm.tasks.pipeline import PIPELINE_META, Relay, UploadPipelines
@@ -92,6 +93,7 @@ class TaskIntake:
         clock: Callable[[], float] = time.time,
         concurrency: ConcurrencyGate | None = None,
     ) -> None:
+        self.events = TaskEvents()  # app.py shares the cluster's
         self.store = store
         self.staging = staging
         self.registry = registry
@@ -355,8 +357,10 @@ class TaskIntake:
         await self.flood.note_commit(user.token)
         if self.pipelines is not None and self.pipelines.shared:
             await self.pipelines.adopt(uuid)  # opened on any instance, finished by this one
+        size = sum(p.stat().st_size for p in self.staging.files(uuid) if p.exists())
+        self.events.received(uuid, user.name, images, size, task.name)
         self.dispatcher.submit(uuid)
-        log.info("task %s committed with %d images", uuid, images)
+        log.debug("task %s committed with %d images", uuid, images)
         return uuid
 
 
