@@ -484,7 +484,7 @@ async def watch_tasks(cluster: Cluster) -> None:
     time series for the admin page's charts."""
     d, s, m = cluster.deps, cluster.settings, cluster.metrics
     events = d.events
-    next_sample = 0.0
+    last_sample = float("-inf")
 
     def counter(name: str) -> float:
         return m.registry.get_sample_value(name) or 0.0
@@ -493,7 +493,7 @@ async def watch_tasks(cluster: Cluster) -> None:
         try:
             await events.watch_once(d.client, d.registry.get)
             now = time.time()
-            if now >= next_sample:
+            if now - last_sample >= events.series.step_s:
                 events.series.sample(
                     now,
                     d.dispatcher.queue_length(),
@@ -501,7 +501,7 @@ async def watch_tasks(cluster: Cluster) -> None:
                     counter("clusterodm_bytes_received_total"),
                     counter("clusterodm_bytes_sent_total"),
                 )
-                next_sample = now + events.series.step_s
+                last_sample = now
         except Exception:
             stop_if_cancelled()
             log.exception("task events round failed")

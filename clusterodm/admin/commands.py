@@ -284,10 +284,30 @@ class AdminCommands:
         for task in sorted(self._held(), key=lambda t: -t.date_created_ms)[:limit]:
             rows.append(self._held_row(task, now))
         routes = self._recent(None, max(0, limit - len(rows)))
-        infos = await self._node_infos(routes)
+        errors: dict[str, str] = {}
+        infos = await self._node_infos(routes, errors)
         for route, info in zip(routes, infos, strict=True):
-            rows.append(self._routed_row(route, info))
+            row = self._routed_row(route, info)
+            if info is None:
+                row["error"] = self._why_unknown(route, errors.get(route.uuid))
+                if errors.get(route.uuid, "").endswith("not found"):
+                    row["statusName"] = "lost"
+            rows.append(row)
         return rows
+
+    def _why_unknown(self, route: Route, error: str | None) -> str:
+        """Why a routed task has no status: its node is gone, offline, forgot it, or is slow."""
+        node = self.deps.registry.get(route.node_key)
+        if node is None:
+            return f"Node {route.node_key} was removed from the cluster"
+        if not self.deps.registry.is_online(node):
+            why = self.deps.registry.offline_reasons.get(node.key)
+            return f"Node {node.key} is offline" + (f": {why}" if why else "")
+        if error and error.endswith("not found"):
+            return f"Node {node.key} no longer knows this task"
+        if error:
+            return f"Node {node.key} answered: {error}"
+        return f"Node {node.key} did not answer within {TASK_QUERY_TIMEOUT_S:g} s"
 
     def _held_row(self, task: TaskEntry, now_ms: int) -> dict[str, Any]:
         return {
@@ -341,8 +361,11 @@ class AdminCommands:
             )
         return row
 
-    async def _node_infos(self, routes: list[Route]) -> list[Any]:
-        """Ask each route's node for its task info; None where the node fails or is slow."""
+    async def _node_infos(
+        self, routes: list[Route], errors: dict[str, str] | None = None
+    ) -> list[Any]:
+        """Ask each route's node for its task info; None where the node fails or is slow (and
+        the node's error by uuid in ``errors``, when given)."""
         if not routes:
             return []
         gate = asyncio.Semaphore(TASK_QUERY_CONCURRENCY)
@@ -358,6 +381,8 @@ class AdminCommands:
                         info = await client.task_info(node, route.uuid)
                 except (NodeError, TimeoutError, asyncio.TimeoutError) as e:
                     log.debug("task info of %s from %s failed: %s", route.uuid, node.key, e)
+                    if errors is not None and isinstance(e, NodeError):
+                        errors[route.uuid] = e.message
                     return None
             return info
 

@@ -12,8 +12,14 @@ endpoints. What a command does lives in ``commands.py``, shared with the CLI.
     DELETE /r/node            {number, name?}            -> true | false
     POST   /r/node/lock       {number, name?}            -> true | false
     POST   /r/node/unlock     {number, name?}            -> true | false
-    GET    /r/tasks?limit=N   known tasks with node and status (ours; for the page)
-    GET    /r/routes?limit=N  most recently used routes (ours; for the page)
+    GET    /r/tasks?limit=N   known tasks: node, status, user, queue place, times (ours)
+    POST   /r/task/cancel     {uuid}                     -> true | false (ours)
+    POST   /r/task/remove     {uuid}                     -> true | false (ours)
+    GET    /r/routes?limit=N  most recently used routes (ours)
+    GET    /r/series          the last hours, sampled: queue, running, finished, bytes (ours)
+
+Node list items also carry ``capacity`` (from the node's ``/info``), ``tasks`` (on the node)
+and ``offlineReason`` (ours).
 
 Differences from the original: node tokens are never sent; bad input answers 400
 ``{"error": ...}`` (original: an empty 403); changes must be sent as JSON (which a foreign web
@@ -39,10 +45,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from clusterodm import __version__
+from clusterodm import log as logctx
+from clusterodm.admin import overview
 from clusterodm.admin.commands import NAME, AdminCommands, NodeOutOfRange
 from clusterodm.admin.telnet import password_matches
 from clusterodm.errors import ClusterError
 from clusterodm.metrics import Metrics
+from clusterodm.model import is_valid_uuid
 from clusterodm.numbers import MAX_DIGITS, BadNumber, parse_decimal
 from clusterodm.proxy.middleware import cause_line, drop_body, path_problem, sent_path
 
@@ -209,7 +218,7 @@ async def info(request: web.Request) -> web.Response:
 
 
 async def node_list(request: web.Request) -> web.Response:
-    return web.json_response([v.list_item() for v in request.app[COMMANDS].nodes()])
+    return web.json_response(overview.node_items(request.app[COMMANDS]))
 
 
 async def node_add(request: web.Request) -> web.Response:
@@ -257,7 +266,31 @@ async def node_unlock(request: web.Request) -> web.Response:
 
 async def tasks(request: web.Request) -> web.Response:
     limit = _limit(request, DEFAULT_TASKS)
-    return web.json_response(await request.app[COMMANDS].task_overview(limit))
+    cmds = request.app[COMMANDS]
+    return web.json_response(overview.add_task_details(cmds, await cmds.task_overview(limit)))
+
+
+async def _task_action(request: web.Request, action: str) -> web.Response:
+    body = await _json_body(request)
+    uuid = body.get("uuid")
+    if not isinstance(uuid, str) or not is_valid_uuid(uuid):
+        raise BadInput("uuid must be a task uuid")
+    logctx.task_uuid.set(uuid)
+    done = await request.app[COMMANDS].task_action(action, uuid)
+    log.info("admin web: task %s %s", action, "done" if done else "refused")
+    return web.json_response(done)
+
+
+async def task_cancel(request: web.Request) -> web.Response:
+    return await _task_action(request, "cancel")
+
+
+async def task_remove(request: web.Request) -> web.Response:
+    return await _task_action(request, "remove")
+
+
+async def series(request: web.Request) -> web.Response:
+    return web.json_response(overview.series(request.app[COMMANDS]))
 
 
 async def routes(request: web.Request) -> web.Response:
@@ -304,6 +337,9 @@ def build_admin_app(
     app.router.add_post("/r/node/unlock", node_unlock)
     app.router.add_get("/r/tasks", tasks)
     app.router.add_get("/r/routes", routes)
+    app.router.add_post("/r/task/cancel", task_cancel)
+    app.router.add_post("/r/task/remove", task_remove)
+    app.router.add_get("/r/series", series)
     app.router.add_static("/static/", STATIC)
     if metrics_source is not None:
         app[METRICS] = metrics_source

@@ -8,7 +8,9 @@ Set ``ADMIN_SCREENSHOT=1`` to refresh ``docs/admin-web.png``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 
 from clusterodm.admin import AdminCommands, build_admin_app
 from clusterodm.app import Cluster
+from clusterodm.config import DispatchSettings
 from tests.admin import make_task
 from tests.conftest import ClusterFactory, SimnodeFactory
 from tests.helpers import eventually
@@ -155,7 +158,7 @@ async def test_tasks_and_routes(
 async def test_basic_auth_on_every_path(cluster_factory: ClusterFactory) -> None:
     base = await serve_admin(await cluster_factory(), PASSWORD)
     async with aiohttp.ClientSession() as s:
-        for path in ("/", "/r/info", "/r/node/list", "/static/admin.js"):
+        for path in ("/", "/r/info", "/r/node/list", "/r/series", "/static/admin.js"):
             async with s.get(base + path) as r:
                 assert r.status == 401, path
                 assert r.headers["WWW-Authenticate"].startswith('Basic realm="ClusterODM"')
@@ -169,6 +172,10 @@ async def test_basic_auth_on_every_path(cluster_factory: ClusterFactory) -> None
                 assert r.status == 401
         async with s.get(f"{base}/r/info", headers=basic("admin", PASSWORD)) as r:
             assert r.status == 200
+        body = {"uuid": "6f1c2f9e-6a57-4b3e-9d43-1c8f3b0e6a11"}
+        for action in ("cancel", "remove"):
+            async with s.post(f"{base}/r/task/{action}", json=body) as r:
+                assert r.status == 401, "task actions sit behind the admin password"
         async with s.get(f"{base}/signout", headers=basic("admin", PASSWORD)) as r:
             assert r.status == 401
 
@@ -292,13 +299,168 @@ async def test_page_shows_tasks_and_routes_and_updates_itself(
     assert await page.is_visible("#no-password")
     assert await page.locator("#nodes tbody tr").count() == 3
     assert await page.locator(".pill.offline").count() == 0
-    assert await page.locator("#routes tbody tr").count() == 2
+    assert await page.locator("#tasks tbody tr").count() == 2
+    assert await page.locator("#routes").count() == 0, "the task table says it all"
     names = await page.locator("#tasks tbody td:nth-child(2)").all_text_contents()
     assert names == ["survey <b>north</b>"] * 2, "user text is shown as text, never as HTML"
     assert "nodetok" not in await page.content()
 
     await c.stop()  # the page notices on its own
     await page.locator(".pill.offline").wait_for(timeout=15_000)
+    why = page.locator(f'#nodes tr[data-name="{c.host}:{c.port}"] .why')
+    assert "unreachable" in (await why.text_content() or ""), "why it is offline"
+    assert problems == []
+
+
+# --- what an operator sees and steers: task details, node capacity, charts ------------------
+USERS_TOML = """
+[[user]]
+name = "alice"
+token_sha256 = "{sha}"
+"""
+
+
+async def operator_cluster(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory, tmp_path: Path, **kw: Any
+) -> tuple[Cluster, Any, str]:
+    """A cluster with users (alice's token is ``alice-token``), one one-slot node with a
+    known capacity, a second node that is down, and fast task watching and sampling."""
+    users = tmp_path / "users.toml"
+    users.write_text(USERS_TOML.format(sha=hashlib.sha256(b"alice-token").hexdigest()))
+    node = await simnode_factory(test_seconds=30, parallel=1, max_images=400)
+    down = await simnode_factory()
+    cluster = await cluster_factory(
+        [node, down],
+        users_file=str(users),
+        task_watch_s=0.1,
+        dispatch=DispatchSettings(backoff_base_s=0.05, backoff_max_s=0.2, queue_poll_s=0.1),
+        **kw,
+    )
+    cluster.deps.events.series.step_s = 0.3
+    await down.stop()
+    await cluster.deps.health.refresh_all()
+    return cluster, node, "alice-token"
+
+
+async def new_task(cluster: Cluster, token: str, name: str, images: int) -> str:
+    form = aiohttp.FormData()
+    form.add_field("name", name)
+    for i in range(images):
+        form.add_field("images", b"x" * 2048, filename=f"i{i}.jpg")
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{cluster.url}/task/new", data=form, params={"token": token}) as r,
+    ):
+        return str((await r.json())["uuid"])
+
+
+async def test_tasks_nodes_and_series_carry_what_the_page_shows(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster, node, token = await operator_cluster(simnode_factory, cluster_factory, tmp_path)
+    running = await new_task(cluster, token, "first", 3)
+    await eventually(lambda: running in node.tasks, message="first on the node")
+    waiting = await new_task(cluster, token, "second", 2)
+    await eventually(lambda: cluster.deps.dispatcher.queue_length() == 1)
+    base = await serve_admin(cluster)
+    async with aiohttp.ClientSession() as s:
+
+        async def rows() -> dict[str, Any]:
+            return {t["uuid"]: t for t in (await call(s, "GET", f"{base}/r/tasks"))[1]}
+
+        await eventually(
+            lambda: (
+                cluster.deps.events.get(running) is not None
+                and cluster.deps.events.get(running).running is not None
+            ),  # type: ignore[union-attr]
+            message="first seen running",
+        )
+        tasks = await rows()
+        first, second = tasks[running], tasks[waiting]
+        assert first["user"] == second["user"] == "alice"
+        assert second["place"] == 1 and second["queueLength"] == 1 and first["place"] is None
+        assert first["runningS"] is not None and first["runningS"] >= 0
+        assert second["queuedS"] is not None and second["runningS"] is None
+        assert isinstance(first["progress"], float)
+
+        status, nodes = await call(s, "GET", f"{base}/r/node/list")
+        up, down = nodes
+        assert up["capacity"]["maxImages"] == 400 and up["capacity"]["maxParallelTasks"] == 1
+        assert up["tasks"] == 1 and up["offlineReason"] is None
+        assert down["isOnline"] is False and "unreachable" in down["offlineReason"]
+
+        await eventually(lambda: len(cluster.deps.events.series.points) >= 2, timeout_s=10)
+        status, series = await call(s, "GET", f"{base}/r/series")
+        assert status == 200 and series["stepS"] == 0.3
+        assert series["now"]["queue"] == 1 and series["now"]["running"] == 1
+        assert {"t", "queue", "running", "finished", "bytesIn", "bytesOut"} <= set(
+            series["points"][-1]
+        )
+
+        for bad in ({"uuid": "nope"}, {"uuid": 5}, {}):
+            status, answer = await call(s, "POST", f"{base}/r/task/cancel", bad)
+            assert status == 400 and "uuid" in answer["error"]
+        assert await call(s, "POST", f"{base}/r/task/cancel", {"uuid": waiting}) == (200, True)
+        assert cluster.deps.dispatcher.queue_length() == 0
+        assert await call(s, "POST", f"{base}/r/task/remove", {"uuid": running}) == (200, True)
+        assert running not in node.tasks, "removed from its node"
+        assert (await rows()).keys() == {waiting}
+
+
+async def test_page_shows_task_details_node_capacity_and_charts_and_steers_tasks(
+    browser: Any, simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster, node, token = await operator_cluster(
+        simnode_factory, cluster_factory, tmp_path, admin_pass=PASSWORD
+    )
+    running = await new_task(cluster, token, "Quarry north", 3)
+    await eventually(lambda: running in node.tasks, message="first on the node")
+    waiting = [await new_task(cluster, token, f"Field {n}", 2) for n in ("east", "west")]
+    await eventually(lambda: cluster.deps.dispatcher.queue_length() == 2)
+    base = await serve_admin(cluster, PASSWORD)
+    page, problems = await open_page(browser, base, PASSWORD)
+
+    row = page.locator(f'#tasks tr[data-uuid="{running}"]')
+    await row.locator(".pill.running").wait_for()
+    assert await row.locator(".user").text_content() == "alice"
+    assert re.fullmatch(r"\d+ %", await row.locator(".pct").text_content() or "")
+    await page.wait_for_function(
+        f"document.querySelector('#tasks tr[data-uuid=\"{running}\"] .t-running').textContent"
+        ".endsWith(' s')"
+    )
+    last = page.locator(f'#tasks tr[data-uuid="{waiting[1]}"]')
+    assert await last.locator(".t-place").text_content() == "2 of 2"
+    assert (await last.locator(".t-queued").text_content() or "").endswith(" s")
+    assert await last.locator(".t-running").text_content() == ""
+
+    up = page.locator(f'#nodes tr[data-name="{node.host}:{node.port}"]')
+    assert (await up.locator(".capacity").text_content() or "").startswith("≤ 400 images")
+    assert await up.locator(".tasks").text_content() == "1"
+    assert "unreachable" in (await page.locator("#nodes .why").text_content() or "")
+
+    for chart in ("queue", "running", "finished", "bytes"):
+        await page.wait_for_selector(f"#chart-{chart} svg path.line", state="attached")
+    await page.wait_for_function(
+        "Number(document.querySelector('#chart-queue').dataset.points) >= 4", timeout=15_000
+    )
+    assert await page.locator("#chart-bytes .key").all_text_contents() != []
+    assert await page.locator("#chart-queue .key").text_content() == "waiting 2"
+
+    await last.locator("button.cancel").click()
+    await last.locator(".pill.canceled").wait_for()
+    assert cluster.deps.dispatcher.queue_length() == 1
+    assert await last.locator("button.cancel").count() == 0, "no Cancel once it ended"
+
     if os.environ.get("ADMIN_SCREENSHOT") == "1":
+        await page.wait_for_function(
+            "Number(document.querySelector('#chart-queue').dataset.points) >= 30", timeout=30_000
+        )
         await page.screenshot(path=str(DOCS / "admin-web.png"), full_page=True)
+
+    await last.locator("button.remove").click()
+    await last.locator("button.remove.armed").wait_for()
+    assert cluster.deps.table.get(waiting[1]) is not None, "the first click only arms it"
+    await last.locator("button.remove").click()
+    await last.wait_for(state="detached")
+    assert cluster.deps.table.get(waiting[1]) is None
     assert problems == []

@@ -1,4 +1,4 @@
-// ClusterODM admin page: polls the /r/ JSON API and renders nodes, tasks and routes.
+// ClusterODM admin page: polls the /r/ JSON API and renders nodes, tasks and charts.
 // Plain DOM, no framework; every value from the server is set with textContent (task names
 // come from users, so nothing is ever parsed as HTML).
 "use strict";
@@ -69,6 +69,14 @@
     return ms ? new Date(ms).toLocaleString() : "";
   }
 
+  // today: the time only; before: the date and time
+  function compact(ms) {
+    if (!ms) return "";
+    const d = new Date(ms);
+    const today = d.toDateString() === new Date().toDateString();
+    return today ? d.toLocaleTimeString() : d.toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+  }
+
   function shortId(uuid) {
     return el("span", { className: "mono", title: uuid, text: uuid.slice(0, 8) });
   }
@@ -108,6 +116,22 @@
 
   let lastNodes = [];
 
+  function gb(bytes) {
+    return `${(bytes / 1024 ** 3).toFixed(bytes >= 10 * 1024 ** 3 ? 0 : 1)} GB`;
+  }
+
+  function capacityText(c) {
+    if (!c || Object.keys(c).length === 0) return "";
+    const parts = [];
+    parts.push(typeof c.maxImages === "number" ? `≤ ${c.maxImages} images` : "any images");
+    if (typeof c.cpuCores === "number") parts.push(`${c.cpuCores} CPU`);
+    if (typeof c.totalMemory === "number") {
+      const free = typeof c.availableMemory === "number" ? `${gb(c.availableMemory).split(" ")[0]}/` : "";
+      parts.push(`${free}${gb(c.totalMemory)} free`);
+    }
+    return parts.join(" · ");
+  }
+
   function renderNodes(nodes) {
     lastNodes = nodes;
     const body = $("nodes").tBodies[0];
@@ -125,18 +149,32 @@
         const lock = n.isLocked
           ? el("button", { className: "unlock", text: "Unlock", onclick: () => nodeAction(n, "/r/node/unlock", "POST") })
           : el("button", { className: "lock", text: "Lock", onclick: () => nodeAction(n, "/r/node/lock", "POST") });
+        const status = el("td", {}, el("span", {
+          className: `pill status ${n.isOnline ? "online" : "offline"}`,
+          text: n.isOnline ? "online" : "offline",
+        }));
+        if (!n.isOnline && n.offlineReason) {
+          status.append(el("div", { className: "why", title: n.offlineReason, text: n.offlineReason }));
+        }
+        const cap = n.capacity || {};
         return el(
           "tr",
           { "data-name": n.name, "data-number": n.number },
           el("td", { className: "num", text: n.number }),
           el("td", { className: "mono", text: n.name }),
-          el("td", {}, el("span", {
-            className: `pill status ${n.isOnline ? "online" : "offline"}`,
-            text: n.isOnline ? "online" : "offline",
-          })),
-          el("td", { className: "num queue", text: `${n.getTaskQueueCount}/${n.getMaxParallelTasks}` }),
-          el("td", { text: n.getEngineInfo }),
-          el("td", { text: n.getVersion }),
+          status,
+          el("td", {
+            className: "num queue",
+            title: "tasks queued or running on the node / parallel slots",
+            text: `${n.getTaskQueueCount}/${n.getMaxParallelTasks}`,
+          }),
+          el("td", { className: "num tasks", text: n.tasks ?? "" }),
+          el("td", {
+            className: "capacity",
+            title: "maxImages · CPU cores · memory available/total, from the node's /info",
+            text: capacityText(cap),
+          }),
+          el("td", { className: "nowrap engine", text: `${n.getEngineInfo} · ${n.getVersion}` }),
           flags,
           el("td", { className: "muted", title: when(n.lastRefreshed), text: ago(n.lastRefreshed) }),
           el("td", { className: "actions" }, lock, removeButton(n)),
@@ -146,50 +184,201 @@
     $("nodes-empty").hidden = nodes.length > 0;
   }
 
-  // --- tasks and routes -------------------------------------------------------------------
-  function statusPill(t) {
+  // --- tasks ------------------------------------------------------------------------------
+  const FINAL = new Set(["completed", "failed", "canceled"]);
+  const armedTasks = new Map(); // uuid -> time the Remove button was first clicked
+  let lastTasks = [];
+
+  function duration(s) {
+    if (typeof s !== "number") return "";
+    if (s < 60) return `${Math.round(s)} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+    return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+  }
+
+  function statusCell(t) {
     const name = t.statusName || "unknown";
-    return el("span", { className: `pill ${name}`, title: t.error || t.stage || "", text: name });
+    const cell = el("td", {}, el("span", { className: `pill ${name}`, title: t.error || t.stage || "", text: name }));
+    if (t.error) cell.append(el("div", { className: "why", title: t.error, text: t.error }));
+    return cell;
   }
 
   function progress(t) {
     if (typeof t.progress !== "number") return el("span", { className: "muted", text: "" });
     const pct = Math.max(0, Math.min(100, t.progress));
-    return el("div", { className: "bar", title: `${pct.toFixed(0)} %` }, el("span", { style: `width:${pct}%` }));
+    return el(
+      "div",
+      { className: "progress" },
+      el("div", { className: "bar", title: `${pct.toFixed(1)} %` }, el("span", { style: `width:${pct}%` })),
+      el("span", { className: "pct", text: `${pct.toFixed(0)} %` }),
+    );
+  }
+
+  async function taskAction(t, action) {
+    try {
+      const ok = await api("POST", `/r/task/${action}`, { uuid: t.uuid });
+      if (ok === true) say(`Task ${t.uuid.slice(0, 8)}: ${action === "cancel" ? "cancelled" : "removed"}.`, "success");
+      else say(`Task ${t.uuid.slice(0, 8)}: ${action} refused by its node.`, "error");
+    } catch (e) {
+      say(`Task ${t.uuid.slice(0, 8)}: ${e.message}`, "error");
+    }
+    refresh();
+  }
+
+  function taskButtons(t) {
+    const cell = el("td", { className: "actions" });
+    if (!FINAL.has(t.statusName)) {
+      cell.append(el("button", { className: "cancel", text: "Cancel", title: "Stop the task", onclick: () => taskAction(t, "cancel") }));
+    }
+    const at = armedTasks.get(t.uuid);
+    const isArmed = at && Date.now() - at < CONFIRM_MS;
+    cell.append(el("button", {
+      className: isArmed ? "danger armed remove" : "danger remove",
+      text: isArmed ? "Confirm remove" : "Remove",
+      title: "Remove the task and its results from its node",
+      onclick: () => {
+        const first = armedTasks.get(t.uuid);
+        if (first && Date.now() - first < CONFIRM_MS) {
+          armedTasks.delete(t.uuid);
+          taskAction(t, "remove");
+        } else {
+          armedTasks.set(t.uuid, Date.now());
+          renderTasks(lastTasks);
+          setTimeout(() => renderTasks(lastTasks), CONFIRM_MS + 50);
+        }
+      },
+    }));
+    return cell;
   }
 
   function renderTasks(tasks) {
+    lastTasks = tasks;
     $("tasks").tBodies[0].replaceChildren(
       ...tasks.map((t) =>
         el(
           "tr",
           { "data-uuid": t.uuid },
           el("td", {}, shortId(t.uuid)),
-          el("td", { text: t.name || "" }),
-          el("td", { className: "mono", text: t.node ? `${t.number ? t.number + ") " : ""}${t.node}` : "waiting" }),
-          el("td", {}, statusPill(t)),
+          el("td", { className: "name", text: t.name || "" }),
+          el("td", { className: "user", text: t.user || "" }),
+          el("td", { className: "mono", text: t.node ? `${t.number ? t.number + ") " : ""}${t.node}` : "not yet" }),
+          statusCell(t),
           el("td", {}, progress(t)),
+          el("td", { className: "num t-place", text: t.place ? `${t.place} of ${t.queueLength}` : "" }),
+          el("td", { className: "num t-queued", text: duration(t.queuedS) }),
+          el("td", { className: "num t-running", text: duration(t.runningS) }),
           el("td", { className: "num", text: t.imagesCount ?? "" }),
-          el("td", { className: "muted", text: when(t.dateCreated) }),
+          el("td", { className: "muted nowrap", title: when(t.dateCreated), text: compact(t.dateCreated) }),
+          taskButtons(t),
         ),
       ),
     );
     $("tasks-empty").hidden = tasks.length > 0;
   }
 
-  function renderRoutes(routes) {
-    $("routes").tBodies[0].replaceChildren(
-      ...routes.map((r) =>
-        el(
-          "tr",
-          { "data-uuid": r.uuid },
-          el("td", {}, shortId(r.uuid)),
-          el("td", { className: "mono", text: `${r.number ? r.number + ") " : ""}${r.name}` }),
-          el("td", { className: "muted", title: when(r.accessed), text: ago(r.accessed) }),
-        ),
-      ),
-    );
-    $("routes-empty").hidden = routes.length > 0;
+  // --- charts: small SVGs drawn here, no library ------------------------------------------
+  const SVG = "http://www.w3.org/2000/svg";
+  const W = 300;
+  const H = 110;
+  const PAD = { l: 40, r: 8, t: 8, b: 18 };
+
+  function svg(tag, attrs) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+    return node;
+  }
+
+  function short(v) {
+    if (v >= 1e9) return `${(v / 1e9).toFixed(1)}G`;
+    if (v >= 1e6) return `${(v / 1e6).toFixed(1)}M`;
+    if (v >= 1e3) return `${(v / 1e3).toFixed(1)}k`;
+    return `${Math.round(v * 10) / 10}`;
+  }
+
+  let withSeconds = false; // short spans: label the axis to the second
+  function clock(t) {
+    const opts = { hour: "2-digit", minute: "2-digit" };
+    if (withSeconds) opts.second = "2-digit";
+    return new Date(t * 1000).toLocaleTimeString([], opts);
+  }
+
+  // lines: [{name, cls, points: [[t, v], ...]}]
+  function drawChart(id, lines) {
+    const fig = $(id);
+    const all = lines.flatMap((l) => l.points);
+    const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "plot" });
+    const t0 = all.length ? Math.min(...all.map((p) => p[0])) : 0;
+    const t1 = all.length ? Math.max(...all.map((p) => p[0])) : 1;
+    const top = Math.max(1, ...all.map((p) => p[1]));
+    const x = (t) => PAD.l + ((t - t0) / Math.max(1e-9, t1 - t0)) * (W - PAD.l - PAD.r);
+    const y = (v) => H - PAD.b - (v / top) * (H - PAD.t - PAD.b);
+    for (const v of [0, top / 2, top]) {
+      box.append(svg("line", { x1: PAD.l, x2: W - PAD.r, y1: y(v), y2: y(v), class: "gridline" }));
+      const label = svg("text", { x: PAD.l - 4, y: y(v) + 3, class: "axis", "text-anchor": "end" });
+      label.textContent = short(v);
+      box.append(label);
+    }
+    if (all.length) {
+      for (const [t, anchor] of [[t0, "start"], [t1, "end"]]) {
+        const label = svg("text", { x: x(t), y: H - 4, class: "axis", "text-anchor": anchor });
+        label.textContent = clock(t);
+        box.append(label);
+      }
+    }
+    for (const line of lines) {
+      if (!line.points.length) continue;
+      const d = line.points.map((p, i) => `${i ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join("");
+      if (lines.length === 1) {
+        const first = line.points[0];
+        const last = line.points[line.points.length - 1];
+        box.append(svg("path", {
+          d: `${d}L${x(last[0]).toFixed(1)},${y(0)}L${x(first[0]).toFixed(1)},${y(0)}Z`,
+          class: `area ${line.cls}`,
+        }));
+      }
+      box.append(svg("path", { d, class: `line ${line.cls}`, "data-name": line.name }));
+    }
+    const legend = el("div", { className: "legend" });
+    for (const line of lines) {
+      const last = line.points.length ? line.points[line.points.length - 1][1] : 0;
+      legend.append(el("span", { className: `key ${line.cls}`, "data-name": line.name, text: `${line.name} ${line.fmt ? line.fmt(last) : short(last)}` }));
+    }
+    fig.dataset.points = String(all.length);
+    fig.replaceChildren(fig.querySelector("figcaption") || el("figcaption"), box, legend);
+  }
+
+  function rate(bytes) {
+    return `${short(bytes)}B/s`;
+  }
+
+  function renderSeries(series) {
+    const pts = series.points || [];
+    const step = series.stepS || 60;
+    const now = series.now || null;
+    const queue = pts.map((p) => [p.t, p.queue]);
+    const running = pts.map((p) => [p.t, p.running]);
+    if (now) {
+      queue.push([now.t, now.queue]);
+      running.push([now.t, now.running]);
+    }
+    // finished over the trailing hour at each sample
+    withSeconds = pts.length > 1 && pts[pts.length - 1].t - pts[0].t < 1800;
+    const finished = pts.map((p, i) => {
+      let sum = 0;
+      for (let j = i; j >= 0 && pts[j].t > p.t - 3600; j--) sum += pts[j].finished;
+      return [p.t, sum];
+    });
+    drawChart("chart-queue", [{ name: "waiting", cls: "s1", points: queue }]);
+    drawChart("chart-running", [{ name: "running", cls: "s2", points: running }]);
+    drawChart("chart-finished", [{ name: "last hour", cls: "s3", points: finished }]);
+    drawChart("chart-bytes", [
+      { name: "in", cls: "s1", fmt: rate, points: pts.map((p) => [p.t, p.bytesIn / step]) },
+      { name: "out", cls: "s4", fmt: rate, points: pts.map((p) => [p.t, p.bytesOut / step]) },
+    ]);
+    const minutes = Math.round(step / 60);
+    $("charts-span").textContent = pts.length
+      ? `${pts.length} samples, one every ${minutes >= 1 ? minutes + " min" : step + " s"}, since ${clock(pts[0].t)}`
+      : "no samples yet: the first comes a minute after start";
   }
 
   function renderInfo(info) {
@@ -205,16 +394,16 @@
   async function refresh() {
     clearTimeout(timer);
     try {
-      const [info, nodes, tasks, routes] = await Promise.all([
+      const [info, nodes, tasks, series] = await Promise.all([
         api("GET", "/r/info"),
         api("GET", "/r/node/list"),
         api("GET", "/r/tasks?limit=50"),
-        api("GET", "/r/routes?limit=50"),
+        api("GET", "/r/series"),
       ]);
       renderInfo(info);
       renderNodes(nodes);
       renderTasks(tasks);
-      renderRoutes(routes);
+      renderSeries(series);
       lastOk = Date.now();
       $("updated").textContent = `updated ${new Date(lastOk).toLocaleTimeString()}`;
       $("live-dot").classList.remove("stale");
