@@ -13,8 +13,8 @@ endpoints. What a command does lives in ``commands.py``, shared with the CLI.
     POST   /r/node/lock       {number, name?}            -> true | false
     POST   /r/node/unlock     {number, name?}            -> true | false
     GET    /r/tasks?limit=N   known tasks: node, status, user, queue place, times (ours)
-    POST   /r/task/cancel     {uuid}                     -> true | false (ours)
-    POST   /r/task/remove     {uuid}                     -> true | false (ours)
+    POST   /r/task/cancel     {uuid}        -> {success: true} | {error} (ours)
+    POST   /r/task/remove     {uuid}        -> {success: true} | {error} (ours)
     GET    /r/routes?limit=N  most recently used routes (ours)
     GET    /r/series          the last hours, sampled: queue, running, finished, bytes (ours)
 
@@ -276,9 +276,10 @@ async def _task_action(request: web.Request, action: str) -> web.Response:
     if not isinstance(uuid, str) or not is_valid_uuid(uuid):
         raise BadInput("uuid must be a task uuid")
     logctx.task_uuid.set(uuid)
-    done = await request.app[COMMANDS].task_action(action, uuid)
+    answer = await request.app[COMMANDS].task_action(action, uuid)
+    done = answer.get("success") is True
     log.info("admin web: task %s %s", action, "done" if done else "refused")
-    return web.json_response(done)
+    return web.json_response({"success": True} if done else {"error": str(answer.get("error"))})
 
 
 async def task_cancel(request: web.Request) -> web.Response:

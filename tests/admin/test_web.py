@@ -400,9 +400,12 @@ async def test_tasks_nodes_and_series_carry_what_the_page_shows(
         for bad in ({"uuid": "nope"}, {"uuid": 5}, {}):
             status, answer = await call(s, "POST", f"{base}/r/task/cancel", bad)
             assert status == 400 and "uuid" in answer["error"]
-        assert await call(s, "POST", f"{base}/r/task/cancel", {"uuid": waiting}) == (200, True)
+        ok = (200, {"success": True})
+        assert await call(s, "POST", f"{base}/r/task/cancel", {"uuid": waiting}) == ok
         assert cluster.deps.dispatcher.queue_length() == 0
-        assert await call(s, "POST", f"{base}/r/task/remove", {"uuid": running}) == (200, True)
+        assert await call(s, "POST", f"{base}/r/task/remove", {"uuid": running}) == ok
+        status, answer = await call(s, "POST", f"{base}/r/task/cancel", {"uuid": running})
+        assert status == 400 and "error" in answer, "a task no longer known"
         assert running not in node.tasks, "removed from its node"
         assert (await rows()).keys() == {waiting}
 

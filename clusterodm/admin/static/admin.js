@@ -216,9 +216,12 @@
 
   async function taskAction(t, action) {
     try {
-      const ok = await api("POST", `/r/task/${action}`, { uuid: t.uuid });
-      if (ok === true) say(`Task ${t.uuid.slice(0, 8)}: ${action === "cancel" ? "cancelled" : "removed"}.`, "success");
-      else say(`Task ${t.uuid.slice(0, 8)}: ${action} refused by its node.`, "error");
+      const answer = await api("POST", `/r/task/${action}`, { uuid: t.uuid });
+      if (answer && answer.success === true) {
+        say(`Task ${t.uuid.slice(0, 8)}: ${action === "cancel" ? "cancelled" : "removed"}.`, "success");
+      } else {
+        say(`Task ${t.uuid.slice(0, 8)}: ${action} refused: ${answer && answer.error}`, "error");
+      }
     } catch (e) {
       say(`Task ${t.uuid.slice(0, 8)}: ${e.message}`, "error");
     }
