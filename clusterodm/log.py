@@ -78,9 +78,21 @@ class ContextFormatter(logging.Formatter):
         return iso_time(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extra = [f"{k}={_text_value(v)}" for k, v in record_fields(record).items()]
-        return f"{line} {' '.join(extra)}" if extra else line
+        extra = " ".join(f"{k}={_text_value(v)}" for k, v in record_fields(record).items())
+        if not extra:
+            return super().format(record)
+        # the fields end the first line; a traceback, if any, follows them
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            line = f"{super().format(record)} {extra}"
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
 
 
 class BadRequestLines(logging.Filter):

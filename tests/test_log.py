@@ -6,6 +6,7 @@ import contextvars
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -117,3 +118,19 @@ async def test_legacy_import_is_logged_once(
     caplog.set_level(logging.INFO)
     await cluster_factory(data_dir=data)
     assert sum("imported" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_fields_stay_on_the_first_line_of_a_traceback() -> None:
+    fmt = log.make_formatter("text")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord(
+            "clusterodm.x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
+    record.fields = {"uuid": "u-9"}
+    first, *rest = fmt.format(record).splitlines()
+    assert first.endswith("ERROR clusterodm.x: failed uuid=u-9")
+    assert rest[0].startswith("Traceback") and rest[-1] == "ValueError: boom"
+    obj = json.loads(log.make_formatter("json").format(record))
+    assert obj["uuid"] == "u-9" and obj["exc"].endswith("ValueError: boom")

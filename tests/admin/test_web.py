@@ -467,3 +467,27 @@ async def test_page_shows_task_details_node_capacity_and_charts_and_steers_tasks
     await last.wait_for(state="detached")
     assert cluster.deps.table.get(waiting[1]) is None
     assert problems == []
+
+
+async def test_page_explains_a_task_its_node_forgot(
+    browser: Any, simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
+) -> None:
+    sim = await simnode_factory(test_seconds=30)
+    # no images kept: failover does not move the task, its route stays and points nowhere
+    cluster = await cluster_factory([sim], dispatch=DispatchSettings(keep_images_bytes=0))
+    uuid = await make_task(cluster)
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"http://{sim.host}:{sim.port}/task/remove", data={"uuid": uuid}) as r,
+    ):
+        assert (await r.json())["success"] is True  # behind the cluster's back
+    base = await serve_admin(cluster)
+    async with aiohttp.ClientSession() as s:
+        status, rows = await call(s, "GET", f"{base}/r/tasks")
+    assert status == 200 and rows[0]["statusName"] == "lost"
+    assert "no longer knows" in rows[0]["error"]
+    page, problems = await open_page(browser, base, "")
+    row = page.locator(f'#tasks tr[data-uuid="{uuid}"]')
+    await row.locator(".pill.lost").wait_for()
+    assert "no longer knows this task" in (await row.locator(".why").text_content() or "")
+    assert problems == []

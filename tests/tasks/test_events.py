@@ -122,5 +122,12 @@ async def test_task_life_in_the_log(
     assert float(done_b["uploading_s"]) >= 0
     assert b["downloaded"]["asset"] == "all.zip" and int(b["downloaded"]["bytes"]) == size
     assert "removed" in b
-    if fmt == "text":
-        assert "imported" not in out.getvalue() or out.getvalue().count("imported") == 1
+    online = [r for r in rows if r.get("event") == "node_online" and r.get("node") == key]
+    assert len(online) == 1, "a node coming on line is logged once"
+
+    await node.stop()
+    await cluster.deps.health.refresh_all()
+    await cluster.deps.health.refresh_all()
+    rows = parse(fmt, out.getvalue())
+    offline = [r for r in rows if r.get("event") == "node_offline" and r.get("node") == key]
+    assert len(offline) == 1 and "unreachable" in offline[0]["reason"]
