@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from clusterodm.compat import timeout
 from clusterodm.config import DiscoverySource
 from clusterodm.errors import InvalidRequest, NodeError, NodeRejected
 from clusterodm.model import Node, Route, TaskStage, TaskStatus, node_key
@@ -204,11 +205,11 @@ class Discovery:
                 return False
             async with gate:
                 try:
-                    async with asyncio.timeout(TASK_CHECK_TIMEOUT_S):
+                    async with timeout(TASK_CHECK_TIMEOUT_S):
                         info = await self.client.task_info(node, route.uuid)
                 except NodeRejected as e:
                     return e.message.endswith("not found")  # the node no longer knows it
-                except (NodeError, TimeoutError):
+                except (NodeError, TimeoutError, asyncio.TimeoutError):
                     return False
             status = info.get("status")
             code = status.get("code") if isinstance(status, dict) else None
@@ -227,7 +228,7 @@ class Discovery:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):
                 pass
             try:
                 await self.resolve_once()
