@@ -14,6 +14,9 @@ with the wording aiohttp's errors give through ``proxy/forward.py``, so clients 
 answers on either path. A request on a kept-alive connection that the node had closed meanwhile
 (nothing of the answer came back) is sent once more on a fresh connection; polls are idempotent.
 
+Identical polls in flight together (same node, request line and headers) are sent once and share
+the answer (``coalesce.py``): a crowd polling one task costs the node one request per round trip.
+
 Must not import use cases or the HTTP edge.
 """
 
@@ -33,6 +36,7 @@ from clusterodm import __version__
 from clusterodm.compat import timeout
 from clusterodm.errors import NodeUnreachable
 from clusterodm.model import Node
+from clusterodm.nodes.coalesce import Coalescer
 
 __all__ = ["DEFAULT_POOL_LIMITS", "AnswerTooLarge", "PollAnswer", "PollClient", "PoolLimits"]
 
@@ -490,6 +494,9 @@ class PollClient:
         self.limits = limits
         self._watchdog = _Watchdog(read_timeout_s)
         self._pools: dict[tuple[str, int], _Pool] = {}
+        #: identical polls in flight together share one request to the node (``coalesce.py``)
+        self.coalesce = True
+        self._shared: Coalescer[PollAnswer] = Coalescer()
 
     @staticmethod
     def serves(node: Node) -> bool:
@@ -505,12 +512,19 @@ class PollClient:
         self, node: Node, target: str, headers: Sequence[tuple[str, str]] = ()
     ) -> PollAnswer:
         """``GET target`` (path and query, already encoded) on ``node`` with extra ``headers``.
-        Raises NodeUnreachable, or AnswerTooLarge (then the node's answer was not passed on)."""
+        Raises NodeUnreachable, or AnswerTooLarge (then the node's answer was not passed on).
+
+        An identical request already in flight is not sent again: its answer is shared."""
         address = (node.hostname, node.port)
         pool = self._pools.get(address)
         if pool is None:
             pool = self._pools[address] = _Pool(*address, self.limits, self._watchdog)
         request = _request(target, pool.host_header, headers)
+        if not self.coalesce:
+            return await self._fetch(node, pool, request)
+        return await self._shared.run((address, request), lambda: self._fetch(node, pool, request))
+
+    async def _fetch(self, node: Node, pool: _Pool, request: bytes) -> PollAnswer:
         retried = False
         while True:
             # without a coroutine when a connection is idle, as mostly; a retry needs a new one

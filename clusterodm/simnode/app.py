@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from html import escape
@@ -53,6 +54,8 @@ class NodeContext:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     upload_requests: int = 0
     good_uploads: int = 0
+    #: requests received, by path (every method, answered or not): what a proxy costs the node
+    requests: Counter[str] = field(default_factory=Counter)
     _memory_cache: tuple[float, int, int] = (0.0, 0, 0)
 
     def memory(self) -> tuple[int, int]:
@@ -101,6 +104,7 @@ def ctx(request: web.Request) -> NodeContext:
 async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Fault knobs: hang until released or stopped; answer garbage instead of JSON."""
     context = ctx(request)
+    context.requests[request.path] += 1
     # The knob is a plain attribute flipped by tests, so it is polled rather than awaited.
     while context.config.hang and not context.stopping.is_set():  # noqa: ASYNC110
         await asyncio.sleep(_HANG_POLL_S)

@@ -57,6 +57,11 @@ class SimNode:
         return self._context.upload_requests
 
     @property
+    def requests(self) -> Mapping[str, int]:
+        """Requests received so far, by path (every method, answered or not)."""
+        return MappingProxyType(self._context.requests)
+
+    @property
     def temp_dir(self) -> Path:
         return self._context.root
 
