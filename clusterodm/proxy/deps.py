@@ -16,6 +16,7 @@ from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.discovery import Discovery
 from clusterodm.nodes.health import HealthMonitor
 from clusterodm.nodes.registry import NodeRegistry
+from clusterodm.proxy.answers import AnswerCache
 from clusterodm.tasks.actions import TaskActions
 from clusterodm.tasks.dispatch import Dispatcher
 from clusterodm.tasks.events import TaskEvents
@@ -68,6 +69,9 @@ class ProxyDeps:
     guard: FailedTokenGuard = field(default_factory=lambda: FailedTokenGuard(10, 600.0))
     discovery: Discovery | None = None  # --nodes-from
     events: TaskEvents = field(default_factory=TaskEvents)
+    #: ``/info`` and ``/options`` bodies, kept until their state changes (``answers.py``)
+    info_bodies: AnswerCache = field(default_factory=AnswerCache)
+    options_bodies: AnswerCache = field(default_factory=AnswerCache)
 
 
 DEPS = web.AppKey("deps", ProxyDeps)

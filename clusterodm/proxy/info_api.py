@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from aiohttp import web
 
 from clusterodm import API_VERSION
-from clusterodm.access.base import User
+from clusterodm.access.base import Limits, User
 from clusterodm.errors import ClusterError, NoNodeAvailable
 from clusterodm.nodes import paths
+from clusterodm.proxy.answers import json_bytes_response
 from clusterodm.proxy.deps import deps, user_of
 from clusterodm.proxy.forward import forward
 from clusterodm.proxy.middleware import sent_path
@@ -22,36 +24,46 @@ HUGE = 2**53 - 1  # what the original reports for the cluster's memory, cores an
 
 
 async def info(request: web.Request) -> web.Response:
+    """Built once per user's limits and reference engine, then served as bytes."""
     d = deps(request)
-    user = user_of(request)
+    limits = user_of(request).limits
     ref = d.registry.reference()
     engine = ref.info.engine if ref and ref.info else "odm"
     engine_version = ref.info.engine_version if ref and ref.info else "?"
-    return web.json_response(
-        {
-            "version": API_VERSION,
-            "taskQueueCount": 0,
-            "totalMemory": HUGE,
-            "availableMemory": HUGE,
-            "cpuCores": HUGE,
-            "maxImages": user.limits.max_images,
-            "maxParallelTasks": user.limits.max_concurrent_tasks
-            if user.limits.max_concurrent_tasks is not None
-            else HUGE,
-            "engineVersion": engine_version,
-            "engine": engine,
-        }
+    body = d.info_bodies.body(
+        limits, (engine, engine_version), lambda: _info(limits, engine, engine_version)
     )
+    return json_bytes_response(body)
+
+
+def _info(limits: Limits, engine: str, engine_version: str) -> dict[str, Any]:
+    return {
+        "version": API_VERSION,
+        "taskQueueCount": 0,
+        "totalMemory": HUGE,
+        "availableMemory": HUGE,
+        "cpuCores": HUGE,
+        "maxImages": limits.max_images,
+        "maxParallelTasks": limits.max_concurrent_tasks
+        if limits.max_concurrent_tasks is not None
+        else HUGE,
+        "engineVersion": engine_version,
+        "engine": engine,
+    }
 
 
 async def options(request: web.Request) -> web.Response:
     """The reference node's list (cached 1 h) as this user may use it.
 
-    Original: the limited list cached per token for 1 h; here the node's list is cached and the
-    user's rules applied on each call (cheap), so a users-file change shows at once.
+    Original: the limited list cached per token for 1 h; here the node's list is cached, and
+    the user's view of it kept as bytes per limits until the list is fetched again or the users
+    file reloaded (new limits), so a users-file change shows at once.
     """
     d = deps(request)
-    return web.json_response(limited_options(await d.options.get(), user_of(request).limits))
+    known = await d.options.get()
+    limits = user_of(request).limits
+    body = d.options_bodies.body(limits, known, lambda: limited_options(known, limits))
+    return json_bytes_response(body)
 
 
 async def cache_clear(request: web.Request) -> web.Response:
