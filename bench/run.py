@@ -112,13 +112,13 @@ def _python(*args: str) -> list[str]:
 class Proc:
     """A child process whose output is drained by a thread (the last lines are kept)."""
 
-    def __init__(self, argv: list[str], name: str) -> None:
+    def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.started = time.monotonic()
         self.popen = subprocess.Popen(
             argv,
             cwd=REPO,
-            env=_env(),
+            env={**_env(), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -377,6 +377,10 @@ class Context:
     proxy: Proxy | None = None
     node_pid: int | None = None
     external: bool = False
+    real: bool = False  # side by side also against the real NodeODM
+    original: bool = False  # side by side with the original ClusterODM
+    tool: str = ""  # wrk or loadgen for the side-by-side rates ("" = wrk when installed)
+    quick: bool = False
 
     @property
     def proxy_pid(self) -> int | None:
@@ -562,6 +566,24 @@ def bench_load(ctx: Context, figures: dict[str, Any]) -> None:
         if proxy is not None:
             proxy.stop()
         farm.stop()
+
+
+def bench_side_by_side(ctx: Context, figures: dict[str, Any]) -> None:
+    """The node, this cluster and (``--against-original``) the original, interleaved; against
+    the simulated node, and with ``--real`` the real NodeODM too (``bench/sidebyside.py``)."""
+    from bench.sidebyside import run_side_by_side
+
+    kinds = [("side_sim", False)] + ([("side_real", True)] if ctx.real else [])
+    for key, real in kinds:
+        print(f"   {'real NodeODM' if real else 'simnode'} ...", file=sys.stderr, flush=True)
+        figures[key] = run_side_by_side(
+            ctx.work,
+            real=real,
+            original=ctx.original,
+            quick=ctx.quick,
+            runs=ctx.profile.runs if ctx.profile.runs != (1 if ctx.quick else 3) else 0,
+            tool=ctx.tool,
+        )
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -760,6 +782,7 @@ STEPS: list[tuple[str, Callable[[Context, dict[str, Any]], None], bool]] = [
     ("route lookup and start-up", bench_routes, False),
     ("many nodes, routes and pollers", bench_load, False),
     ("upload to RUNNING", bench_upload, True),
+    ("side by side", bench_side_by_side, False),
 ]
 
 
@@ -771,7 +794,16 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     procs: list[Proc] = []
     with _workdir() as work:
-        ctx = Context(profile, work, token=args.token or "", external=bool(args.target))
+        ctx = Context(
+            profile,
+            work,
+            token=args.token or "",
+            external=bool(args.target),
+            real=args.real,
+            original=args.against_original,
+            tool=args.loadgen,
+            quick=args.quick,
+        )
         proxy: Proxy | None = None
         try:
             if args.target:
@@ -824,6 +856,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default="", help="with --target: the cluster's token")
     parser.add_argument("--out", metavar="FILE", help="where to write the JSON results")
     parser.add_argument("--only", nargs="*", help="run only steps whose name holds one of these")
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="side by side also against the real NodeODM (NODEODM_SH or ../shared/peers)",
+    )
+    parser.add_argument(
+        "--against-original",
+        action="store_true",
+        help="side by side with the original ClusterODM 1.5.8 (CLUSTERODM_ORIGINAL_SH or "
+        "../shared/peers/clusterodm-original.sh)",
+    )
+    parser.add_argument(
+        "--loadgen",
+        choices=("wrk", "loadgen"),
+        default="",
+        help="what drives the side-by-side requests/s (default: wrk when installed)",
+    )
     args = parser.parse_args(argv)
     # stopped from outside: still stop the nodes and clusters started here
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -840,6 +889,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['seconds']:.0f} s"
     )
     print(render(result["figures"], [Goal(**g) for g in result["goals"]]))
+    for key in ("side_sim", "side_real"):
+        if key in result["figures"]:
+            from bench.sidebyside import render_side
+
+            print()
+            print(render_side(result["figures"][key]))
     print(f"\nJSON: {out}")
     return 0
 

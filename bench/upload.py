@@ -39,7 +39,7 @@ class RawUploads:
     """``POST /task/new/upload/<uuid>`` requests over up to ``parallel`` keep-alive
     connections, each a pre-built head, the multipart framing and the image bytes handed to
     one ``writelines`` (no copy in Python). Answers must carry a Content-Length, as every
-    aiohttp server's JSON answer does."""
+    aiohttp server's JSON answer does, or be chunked."""
 
     def __init__(self, url: str, query: str) -> None:
         parsed = urllib.parse.urlsplit(url)
@@ -70,16 +70,22 @@ class RawUploads:
         await writer.drain()
         status_line = await reader.readline()
         length = None
+        chunked = False
         keep_alive = True
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
             if name.strip().lower() == "content-length":
                 length = int(value)
+            elif name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True  # the original ClusterODM's answers
             elif name.strip().lower() == "connection" and "close" in value.lower():
                 keep_alive = False
-        if length is None or not status_line.startswith(b"HTTP/1.1 "):
+        if not status_line.startswith(b"HTTP/1.1 ") or (length is None and not chunked):
             raise RuntimeError(f"unexpected answer to an upload: {status_line!r}")
-        answer = json.loads(await reader.readexactly(length))
+        if length is not None:
+            answer = json.loads(await reader.readexactly(length))
+        else:
+            answer = json.loads(await _read_chunked(reader))
         if keep_alive:
             self.idle.append((reader, writer))
         else:
@@ -90,6 +96,16 @@ class RawUploads:
         for _, writer in self.idle:
             writer.close()
         self.idle.clear()
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while size := int((await reader.readline()).split(b";")[0], 16):
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+    while (await reader.readline()) not in (b"\r\n", b""):  # trailers
+        pass
+    return bytes(body)
 
 
 async def run_upload(
