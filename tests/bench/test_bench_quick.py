@@ -17,8 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.sidebyside import peer_script
 from clusterodm.proxy import forward
 from tests.conftest import ClusterFactory, SimnodeFactory
+from tests.realnode import nodeodm_sh_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,6 +68,52 @@ def test_quick_suite_runs_and_reports_every_figure(tmp_path: Path) -> None:
     assert len(result["goals"]) == 7
     assert all(g["ok"] is not None for g in result["goals"])
     assert "measured" in done.stdout
+    _check_side(figures["side_sim"], original=False)
+    assert "Side by side, simnode" in done.stdout
+
+
+SIDE_FIGURES = ("info_rps", "task_info_rps", "zip_mb_s", "upload_s", "rss_peak_upload_mb")
+
+
+def _check_side(side: dict[str, Any], original: bool) -> None:
+    """Every side-by-side figure has a number for the node and each cluster, and CPU beside."""
+    who = ["node", "ours", *(["original"] if original else [])]
+    for key in SIDE_FIGURES:
+        for name in who if key != "rss_peak_upload_mb" else who[1:]:
+            value = side[key][name]["median"]
+            assert isinstance(value, float) and value > 0, (key, name, value)
+        if key != "rss_peak_upload_mb":
+            assert set(side[key]["cpu"]) == set(who), key
+    assert side["info_rps"]["errors"] == side["task_info_rps"]["errors"] == 0
+    assert all(side["rss_idle_mb"][name] > 0 for name in who[1:])
+
+
+@pytest.mark.timeout(600)
+def test_side_by_side_with_the_real_node_and_the_original(tmp_path: Path) -> None:
+    """``--real --against-original``: the real NodeODM 2.2.4 and the original ClusterODM 1.5.8
+    in the same run as ours."""
+    nodeodm_sh_or_skip()
+    if peer_script("clusterodm-original.sh", "CLUSTERODM_ORIGINAL_SH") is None:
+        reason = "CLUSTERODM_ORIGINAL_SH is not set and ../shared/peers has no original"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    out = tmp_path / "side.json"
+    side = ["--only", "side by side", "--real", "--against-original"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", *side, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=570,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(out.read_text(encoding="utf-8"))["figures"]
+    _check_side(figures["side_sim"], original=True)
+    _check_side(figures["side_real"], original=True)
+    assert figures["side_real"]["node"] == "real NodeODM"
+    assert "ours/original" in done.stdout
 
 
 async def test_large_download_through_the_cluster_is_the_nodes_bytes(
