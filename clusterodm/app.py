@@ -561,9 +561,10 @@ async def serve(settings: Settings) -> None:
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (the ``fast`` extra), else asyncio's own.
+    """uvloop's event loop when it is installed (a dependency wherever it builds: not on
+    Windows nor PyPy), else asyncio's own.
 
-    uvloop takes about 5% off the proxy's CPU per forwarded request (docs/performance.md).
+    uvloop takes 6 to 13% off the proxy's CPU per request (docs/performance.md).
     ``CLUSTERODM_LOOP=asyncio`` keeps asyncio's loop even when uvloop is there.
     """
     if os.environ.get("CLUSTERODM_LOOP", "").lower() == "asyncio":
