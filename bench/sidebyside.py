@@ -306,7 +306,7 @@ class Figure:
     values: dict[str, list[float]] = field(default_factory=dict)
     cpu: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     loads: list[float] = field(default_factory=list)
-    errors: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
 
     def add(self, who: str, value: float) -> None:
         self.values.setdefault(who, []).append(value)
@@ -359,7 +359,7 @@ def measure_rates(
             before = {k: tree_cpu_s(pid) for k, pid in procs.items()}
             result = rate(servers[who].url + paths[who], p.seconds, tool)
             figure.add(who, result["requests_per_s"])
-            figure.errors += result["errors"]
+            figure.errors[who] = figure.errors.get(who, 0) + result["errors"]
             for k, pid in procs.items():
                 used = tree_cpu_s(pid) - before[k]
                 figure.add_cpu(who, k, used / max(1, result["requests"]) * 1e6)
@@ -606,8 +606,14 @@ def render_side(r: dict[str, Any]) -> str:
             )
             parts.append(f"{who}: {inner}")
         lines.append(f"  {label} ({unit}): " + "; ".join(parts))
-    errors = sum(r[k]["errors"] for k in ("info_rps", "task_info_rps"))
-    lines.append(f"  errors in the request runs: {errors}")
+    errors = {
+        who: sum(r[k]["errors"].get(who, 0) for k in ("info_rps", "task_info_rps"))
+        for who in r["info_rps"]["errors"]
+    }
+    lines.append(
+        "  failed requests (non-2xx, socket errors, wrk's 2 s timeout): "
+        + ", ".join(f"{who} {n}" for who, n in errors.items())
+    )
     return "\n".join(lines)
 
 

@@ -84,7 +84,8 @@ def _check_side(side: dict[str, Any], original: bool) -> None:
             assert isinstance(value, float) and value > 0, (key, name, value)
         if key != "rss_peak_upload_mb":
             assert set(side[key]["cpu"]) == set(who), key
-    assert side["info_rps"]["errors"] == side["task_info_rps"]["errors"] == 0
+    for key in ("info_rps", "task_info_rps"):  # the real node's own /info may time out
+        assert side[key]["errors"]["ours"] == side[key]["errors"].get("original", 0) == 0
     assert all(side["rss_idle_mb"][name] > 0 for name in who[1:])
 
 
