@@ -38,6 +38,7 @@ from clusterodm.nodes.health import HealthMonitor
 from clusterodm.nodes.ratelimit import RateLimiter
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.nodes.resolver import DnsResolver
+from clusterodm.proxy import front as front_mod
 from clusterodm.proxy.deps import DEPS, OptionsCache, ProxyDeps
 from clusterodm.proxy.endpoints import ROUTES
 from clusterodm.proxy.middleware import proxy_middleware
@@ -162,8 +163,14 @@ class Cluster:
         return site.port if site else None
 
     async def add_site(
-        self, name: str, app: web.Application, port: int, ssl_context: ssl.SSLContext | None = None
+        self,
+        name: str,
+        app: web.Application,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        front: front_mod.Answerer | None = None,
     ) -> web.TCPSite:
+        """A site per port; ``front``: plain-HTTP ``GET /info`` answered by ``proxy/front.py``."""
         # the access log costs a line per request: only at --log-level verbose or below
         access = logging.getLogger("aiohttp.access") if logsetup.access_log_enabled() else None
         runner = web.AppRunner(
@@ -174,8 +181,13 @@ class Cluster:
         )
         await runner.setup()
         self.runners.append(runner)
-        site = web.TCPSite(
-            runner, self.settings.bind, port, ssl_context=ssl_context, backlog=LISTEN_BACKLOG
+        site = front_mod.site(
+            runner,
+            self.settings.bind,
+            port,
+            backlog=LISTEN_BACKLOG,
+            ssl_context=ssl_context,
+            answer=front,
         )
         await site.start()
         self.sites[name] = site
@@ -408,13 +420,16 @@ async def start_cluster(settings: Settings) -> Cluster:
 
         proxy_app = build_proxy_app(deps, cluster.metrics)
         ctx = _ssl_context(settings) if settings.ssl else None
+        # the front writes no access log lines: with the access log on, aiohttp answers all
+        lean = front_mod.enabled() and not logsetup.access_log_enabled()
+        front = front_mod.info_answerer(deps, cluster.metrics) if lean else None
         if ctx is not None and settings.secure_port is not None:
-            await cluster.add_site("proxy", proxy_app, settings.port)
+            await cluster.add_site("proxy", proxy_app, settings.port, front=front)
             await cluster.add_site(
                 "secure", build_proxy_app(deps, cluster.metrics), settings.secure_port, ctx
             )
         else:
-            await cluster.add_site("proxy", proxy_app, settings.port, ctx)
+            await cluster.add_site("proxy", proxy_app, settings.port, ctx, front=front)
         await start_admin(cluster)
     except BaseException:
         await cluster.stop()

@@ -13,7 +13,7 @@ from clusterodm.access.base import Limits, User
 from clusterodm.errors import ClusterError, NoNodeAvailable
 from clusterodm.nodes import paths
 from clusterodm.proxy.answers import json_bytes_response
-from clusterodm.proxy.deps import deps, user_of
+from clusterodm.proxy.deps import ProxyDeps, deps, user_of
 from clusterodm.proxy.forward import forward
 from clusterodm.proxy.middleware import sent_path
 from clusterodm.tasks.limits import limited_options
@@ -25,15 +25,17 @@ HUGE = 2**53 - 1  # what the original reports for the cluster's memory, cores an
 
 async def info(request: web.Request) -> web.Response:
     """Built once per user's limits and reference engine, then served as bytes."""
-    d = deps(request)
-    limits = user_of(request).limits
+    return json_bytes_response(info_body(deps(request), user_of(request).limits))
+
+
+def info_body(d: ProxyDeps, limits: Limits) -> bytes:
+    """``/info`` for ``limits`` (also answered by ``front.py``, the same bytes)."""
     ref = d.registry.reference()
     engine = ref.info.engine if ref and ref.info else "odm"
     engine_version = ref.info.engine_version if ref and ref.info else "?"
-    body = d.info_bodies.body(
+    return d.info_bodies.body(
         limits, (engine, engine_version), lambda: _info(limits, engine, engine_version)
     )
-    return json_bytes_response(body)
 
 
 def _info(limits: Limits, engine: str, engine_version: str) -> dict[str, Any]:
