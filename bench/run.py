@@ -12,6 +12,10 @@ server and printed beside the figures it produced.
                                     # any running cluster (e.g. the Node.js original) in front
                                     # of the node at --node: the figures that need no control
                                     # of the cluster's process
+    python -m bench --only "side by side" --real --against-original
+                                    # the node, this cluster and the original ClusterODM 1.5.8
+                                    # interleaved, against simnode and the real NodeODM
+                                    # (bench/sidebyside.py)
 
 Prints a table and writes JSON (``bench/results/<timestamp>.json`` or ``--out``).
 """
