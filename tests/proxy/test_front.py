@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import EMPTY_PAYLOAD
@@ -308,3 +310,21 @@ def test_what_the_front_answers_aiohttp_reads_as_one_plain_get_info(
         assert b"\r\nAccess-Control-Allow-Origin: " + origin.encode() + b"\r\n" in made
     else:
         assert b"\r\nAccess-Control-Allow-Origin: *\r\n" in made
+
+
+async def test_tls_sites_and_a_turned_off_front_are_aiohttp_s_own() -> None:
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    try:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        made = front.site(runner, "127.0.0.1", 0, backlog=8, ssl_context=tls, answer=_no)
+        assert type(made) is web.TCPSite
+        assert type(front.site(runner, "127.0.0.1", 0, backlog=8)) is web.TCPSite
+        made = front.site(runner, "127.0.0.1", 0, backlog=8, answer=_no)
+        assert isinstance(made, front.FrontSite)
+    finally:
+        await runner.cleanup()
+
+
+def _no(token: str, ip: str) -> None:
+    return None
