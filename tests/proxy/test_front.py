@@ -21,7 +21,6 @@ from prometheus_client import generate_latest
 from clusterodm.app import Cluster
 from clusterodm.proxy import front
 from tests.conftest import ClusterFactory, SimnodeFactory
-from tests.helpers import eventually
 from tests.helpers import write_atomically as write
 
 pytestmark = pytest.mark.timeout(60)
@@ -238,7 +237,6 @@ async def test_idle_connections_are_closed_and_so_are_all_at_stop(
     await cluster.stop()
     assert await asyncio.wait_for(reader.read(), 5) == b"", "closed at stop"
     writer.close()
-    await eventually(lambda: True)
 
 
 _PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
