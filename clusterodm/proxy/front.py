@@ -24,7 +24,8 @@ Its answer is what aiohttp and ``proxy/middleware.py`` give: the body ``info_api
 user's limits, the same headers in the same order (CORS as ``add_cors_headers`` sets them), and
 the same metrics. Every refusal, error and other path (401, 429, CORS preflight, 404...) is
 aiohttp's own, since those requests are handed over untouched. Idle connections are closed after
-aiohttp's keep-alive time. ``CLUSTERODM_FRONT=off`` leaves every request to aiohttp.
+aiohttp's keep-alive time. ``CLUSTERODM_FRONT=off`` leaves every request to aiohttp, and so
+does an access log (``--log-level verbose``): the front writes no access log lines.
 """
 
 from __future__ import annotations
