@@ -165,6 +165,9 @@ class TaskIntake:
         if await self.flood.check_init(user.token):
             raise LimitExceeded(flood_message())
         kept = {k: str(v) for k, v in fields.items() if k in INIT_FIELDS}
+        if ignored := sorted(set(fields) - set(INIT_FIELDS) - {"zipurl"}):
+            names = ", ".join(repr(n[:40]) for n in ignored[:10])
+            log.info("task %s: fields no node reads are ignored: %s", uuid, names)
         now = self._now_ms()
         await self.staging.create(uuid)
         existing = await self._get_upload(uuid)
