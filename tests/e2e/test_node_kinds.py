@@ -317,3 +317,31 @@ async def test_a_node_with_a_token(
         if cluster_token:
             async with s.get(f"{cluster.url}/task/{uuid}/info") as r:
                 assert "error" in await r.json()  # the cluster's own token is still asked
+
+
+async def test_duplicate_names_are_all_kept_and_renamed_as_nodeodm_does(
+    node_factory, cluster_factory: ClusterFactory
+) -> None:
+    node = await node_factory(test_seconds=1)
+    cluster = await cluster_factory(nodes=[node])
+    first, second, third = b"\x01" * 3000, b"\x02" * 3000, b"\x03" * 3000
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
+        async with s.post(
+            f"{cluster.url}/task/new/init", data=FormData({"name": "d"}, default_to_multipart=True)
+        ) as r:
+            uuid = (await r.json())["uuid"]
+        # one file per request: NodeODM renames a clash within one request racily (it may
+        # give two files the same new name), the cluster relays requests as they are
+        for batch in ([first], [second], [third]):
+            form = FormData()
+            for data in batch:
+                form.add_field("images", data, filename="a.jpg")
+            async with s.post(f"{cluster.url}/task/new/upload/{uuid}", data=form) as r:
+                assert await r.json() == {"success": True}
+        async with s.post(f"{cluster.url}/task/new/commit/{uuid}") as r:
+            assert await r.json() == {"uuid": uuid}
+        await wait_status(s, cluster.url, uuid, (COMPLETED,))
+    digest = {d: hashlib.sha256(d).hexdigest() for d in (first, second, third)}
+    kept = held(node, uuid)
+    assert sorted(kept.values()) == sorted(digest.values())
+    assert sorted(kept) == ["a.jpg", "a_.jpg", "a__.jpg"]
