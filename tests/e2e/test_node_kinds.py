@@ -280,6 +280,8 @@ async def test_max_images_sends_tasks_to_the_node_that_takes_them(
     async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
         info = await get_json(s, f"{cluster.url}/info")
         assert info["maxImages"] is None or info["maxImages"] >= 4
+        # the original's figures for a cluster's resources
+        assert info["totalMemory"] == info["cpuCores"] == info["maxParallelTasks"] == 99999999999
         uuid = await new_task(s, cluster.url, small_images(3))
         await wait_status(s, cluster.url, uuid, (COMPLETED,))
         assert len(held(large, uuid)) == 3
