@@ -155,6 +155,8 @@ class FormReader:
             ) from None
         except ConnectionResetError:  # the client left half-way: an ordinary event, not a fault
             raise InvalidRequest("Upload interrupted: the connection closed mid-body") from None
+        if not chunk and not self.content.at_eof():
+            return  # an empty chunked-encoding boundary, not the end: the caller reads on
         if not chunk:
             self._done = True
             if self._in_part or not self._ended:

@@ -237,3 +237,29 @@ async def test_any_urlencoded_body_gives_fields_or_an_error(
             assert r.status == 200
             answer = await r.json()
     assert set(answer) <= {"fields", "error"}
+
+
+async def test_a_chunked_body_in_small_pieces_is_read_to_its_end(probe: Probe) -> None:
+    """Transfer-Encoding: chunked, one byte per chunk at the boundaries: every part arrives."""
+    boundary = "b0undary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nchunked\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + b"\xff\xd8"
+        + bytes(5000)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 7):
+            yield body[i : i + 7]
+            await asyncio.sleep(0)
+
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    answer = await probe(pieces(), headers)
+    text, image = answer["parts"]
+    assert text == {"name": "name", "text": "chunked"}
+    assert image["file"] == "a.jpg" and image["size"] == 5002
