@@ -61,7 +61,12 @@ class TaskActions:
         self, uuid: str, user: User | None, action: str
     ) -> tuple[Node | None, TaskEntry | None]:
         """The node that owns ``uuid``, or its task-table entry; TaskNotFound otherwise."""
-        missing = TaskNotFound(f"Invalid route for taskId {uuid}:{action}, no task table entry.")
+        if action in ("cancel", "remove", "restart"):  # the original's words for these
+            missing = TaskNotFound(f"Invalid route for taskId {uuid}, no nodes in routing table.")
+        else:
+            missing = TaskNotFound(
+                f"Invalid route for taskId {uuid}:{action}, no task table entry."
+            )
         if not ANY_UUID_RE.match(uuid):
             raise missing
         shared = self.announce is not None
