@@ -253,8 +253,9 @@ def is_urlencoded(request: web.Request) -> bool:
 
 
 def has_no_body(request: web.Request) -> bool:
-    """A POST without a body or a Content-Type (``curl -X POST``): no fields to lose."""
-    return "Content-Type" not in request.headers and not request.body_exists
+    """A POST with an empty body (``curl -X POST``; aiohttp's client then says
+    ``application/octet-stream``): whatever its type, there is no field to lose."""
+    return not request.body_exists or request.content_length == 0
 
 
 def unsupported_form(request: web.Request) -> InvalidRequest:

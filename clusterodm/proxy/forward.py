@@ -197,7 +197,7 @@ def _bodyless(request: web.Request, upstream: aiohttp.ClientResponse) -> web.Res
     """
     resp = web.Response(status=upstream.status, headers=_response_headers(upstream.headers.items()))
     length = upstream.headers.get("Content-Length")
-    if request.method == "HEAD" and length is not None and length.isdigit():
+    if request.method == "HEAD" and length is not None and length.isascii() and length.isdigit():
         resp.headers["Content-Length"] = length
     return resp
 

@@ -110,6 +110,8 @@ async def test_other_body_types_get_a_clear_error(
             assert "multipart/form-data" in answer["error"]
     # a POST without any body has no field to lose: an init with the defaults
     assert "uuid" in await curl("-X", "POST", f"{cluster.url}/task/new/init")
+    empty = ("-H", "Content-Type: application/octet-stream", "-d", "")
+    assert "uuid" in await curl(*empty, f"{cluster.url}/task/new/init")
 
 
 async def test_urlencoded_body_is_bounded(simnode_factory, cluster_factory: ClusterFactory) -> None:
