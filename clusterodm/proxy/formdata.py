@@ -274,9 +274,9 @@ async def urlencoded_fields(
     body = bytearray()
     while True:
         try:
-            async with asyncio.timeout(idle_s):
+            async with timeout(idle_s):
                 chunk = await request.content.readany()
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             raise InvalidRequest(f"Upload stalled: nothing received for {idle_s:.0f} s") from None
         except ConnectionResetError:
             raise InvalidRequest("Upload interrupted: the connection closed mid-body") from None
