@@ -43,6 +43,8 @@ HEADERS = (
     "Access-Control-Allow-Origin",
     "Access-Control-Allow-Methods",
     "Access-Control-Allow-Headers",
+    "Keep-Alive",
+    "Cache-Control",
 )
 #: Body keys whose values are compared, not only their types.
 KEEP = {"error", "success", "noRetry", "code", "errorMessage", "version", "engine"}
@@ -196,7 +198,23 @@ def opts(*pairs: tuple[str, Any]) -> str:
 
 
 def static_routes(c: Client) -> None:
-    c.step("GET /", "GET", "/")
+    page = c.step("GET /", "GET", "/", facts=lambda r: {"ETag": r.headers["ETag"][:3]})
+    c.step(
+        "GET / If-None-Match",
+        "GET",
+        "/",
+        headers={"If-None-Match": page.headers.get("ETag", "")},
+        facts=lambda r: {
+            "ETag": "ETag" in r.headers,
+            "Content-Type": r.headers.get("Content-Type"),
+        },
+    )
+    c.step(
+        "HEAD /",
+        "HEAD",
+        "/",
+        facts=lambda r: {"length": r.headers.get("Content-Length") is not None},
+    )
     c.step("GET /info", "GET", "/info")
     c.step("GET /info _debugUnauthorized", "GET", "/info?_debugUnauthorized=1")
     c.step(

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -178,6 +179,7 @@ class Cluster:
             access_log=access,
             access_log_class=logsetup.AccessLog,
             handler_cancellation=False,
+            shutdown_timeout=SHUTDOWN_GRACE_S / 3,
         )
         await runner.setup()
         self.runners.append(runner)
@@ -561,13 +563,41 @@ async def sweep(cluster: Cluster) -> None:
         await cluster.deps.intake.forget_upload(uuid)
 
 
+#: a stop signal ends the process within this long, even when the clean stop cannot finish
+SHUTDOWN_GRACE_S = 30.0
+
+
+def on_stop_signal(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, grace_s: float = SHUTDOWN_GRACE_S
+) -> Callable[[int, Any], None]:
+    """A handler for SIGTERM/SIGINT: asks the loop to stop cleanly, and ends the process after
+    ``grace_s`` whatever the loop is doing (a second signal ends it at once).
+
+    It is a plain ``signal.signal`` handler, not ``loop.add_signal_handler``: Python runs it
+    between two bytecodes of the main thread, so it still works if a request keeps the event
+    loop from ever reaching its next poll, and the timer is a thread of its own.
+    """
+    state = {"signals": 0}
+
+    def handler(signum: int, _frame: Any) -> None:
+        state["signals"] += 1
+        if state["signals"] > 1:
+            os._exit(128 + signum)
+        timer = threading.Timer(grace_s, os._exit, (128 + signum,))
+        timer.daemon = True
+        timer.start()
+        with contextlib.suppress(RuntimeError):  # the loop closed already
+            loop.call_soon_threadsafe(stop.set)
+
+    return handler
+
+
 async def serve(settings: Settings) -> None:
     cluster = await start_cluster(settings)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    handler = on_stop_signal(asyncio.get_running_loop(), stop)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, handler)
     try:
         await stop.wait()
     finally:

@@ -17,7 +17,7 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
 from python_multipart.exceptions import MultipartParseError
@@ -32,6 +32,14 @@ IDLE_S = 30.0
 """An upload with nothing received for this long is dropped (original: idle sockets, 30 s)."""
 
 MAX_FIELD_BYTES = 1 << 20
+#: a whole ``application/x-www-form-urlencoded`` body (fields only, never files)
+MAX_URLENCODED_BYTES = 4 * MAX_FIELD_BYTES
+MAX_URLENCODED_FIELDS = 100
+URLENCODED = "application/x-www-form-urlencoded"
+FORM_TYPES_MESSAGE = (
+    "Unsupported Content-Type {kind}: send the fields as multipart/form-data"
+    " or application/x-www-form-urlencoded"
+)
 
 _PART, _DATA, _END = 0, 1, 2
 
@@ -147,6 +155,8 @@ class FormReader:
             ) from None
         except ConnectionResetError:  # the client left half-way: an ordinary event, not a fault
             raise InvalidRequest("Upload interrupted: the connection closed mid-body") from None
+        if not chunk and not self.content.at_eof():
+            return  # an empty chunked-encoding boundary, not the end: the caller reads on
         if not chunk:
             self._done = True
             if self._in_part or not self._ended:
@@ -236,3 +246,56 @@ def form_reader(request: web.Request) -> FormReader | None:
         return FormReader(request, header, boundary)
     except ValueError:  # the parser's limits (a boundary over its length)
         raise InvalidRequest("Malformed multipart body: unusable boundary") from None
+
+
+def is_urlencoded(request: web.Request) -> bool:
+    return request.content_type == URLENCODED
+
+
+def has_no_body(request: web.Request) -> bool:
+    """A POST with an empty body (``curl -X POST``; aiohttp's client then says
+    ``application/octet-stream``): whatever its type, there is no field to lose."""
+    return not request.body_exists or request.content_length == 0
+
+
+def unsupported_form(request: web.Request) -> InvalidRequest:
+    """The error for a body that is neither multipart nor urlencoded (JSON, text, ...)."""
+    kind = request.headers.get("Content-Type", "").split(";", 1)[0].strip() or "(none)"
+    return InvalidRequest(FORM_TYPES_MESSAGE.format(kind=kind[:100]))
+
+
+async def urlencoded_fields(
+    request: web.Request, idle_s: float = IDLE_S, limit: int = MAX_URLENCODED_BYTES
+) -> dict[str, str]:
+    """The fields of an ``application/x-www-form-urlencoded`` body (``curl -d name=x``), as
+    ``multipart`` fields are read: a repeated name keeps its last value, text is UTF-8.
+
+    The body is read to at most ``limit`` bytes, with the same idle limit as an upload."""
+    body = bytearray()
+    while True:
+        try:
+            async with timeout(idle_s):
+                chunk = await request.content.readany()
+        except (TimeoutError, asyncio.TimeoutError):
+            raise InvalidRequest(f"Upload stalled: nothing received for {idle_s:.0f} s") from None
+        except ConnectionResetError:
+            raise InvalidRequest("Upload interrupted: the connection closed mid-body") from None
+        if not chunk:
+            break
+        body += chunk
+        if len(body) > limit:
+            raise InvalidRequest(f"Form too large: more than {limit} bytes")
+    try:
+        pairs = parse_qsl(
+            body.decode("utf-8", errors="replace"),
+            keep_blank_values=True,
+            max_num_fields=MAX_URLENCODED_FIELDS,
+        )
+    except ValueError:  # more fields than allowed
+        raise InvalidRequest(f"Form has more than {MAX_URLENCODED_FIELDS} fields") from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if len(value) > MAX_FIELD_BYTES:
+            raise InvalidRequest(f"Field {name} is too large")
+        fields[name] = value
+    return fields

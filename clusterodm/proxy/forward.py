@@ -55,6 +55,8 @@ REQUEST_HEADERS = frozenset(
     {"range", "if-range", "if-none-match", "if-modified-since", "accept", "content-type"}
 )
 SMALL_BODY = 1 << 20
+#: statuses whose answers have no body, whatever their headers say (RFC 9110)
+NO_BODY = frozenset({204, 304})
 #: how much of a streamed answer may wait in the proxy before the node is paused
 READ_BUFFER = 1 << 20
 
@@ -148,17 +150,19 @@ async def forward(
     except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, OSError) as e:
         raise NodeUnreachable(f"Node {node.key} is not reachable ({e or type(e).__name__})") from e
     try:
+        if upstream.status < 200:
+            # aiohttp reads past 100/103 itself; any other 1xx (101) is not an answer to relay
+            raise NodeUnreachable(f"Node {node.key} answered {upstream.status}")
+        if request.method == "HEAD" or upstream.status in NO_BODY:
+            return _bodyless(request, upstream)
         length = upstream.content_length
-        if request.method == "HEAD" or (length is not None and length <= SMALL_BODY):
+        if length is not None and length <= SMALL_BODY:
             body = await upstream.read()
-            resp = web.Response(
+            return web.Response(
                 status=upstream.status,
                 body=body,
                 headers=_response_headers(upstream.headers.items()),
             )
-            if request.method == "HEAD" and length is not None:
-                resp.headers["Content-Length"] = str(length)
-            return resp
         stream = web.StreamResponse(
             status=upstream.status, headers=_response_headers(upstream.headers.items())
         )
@@ -170,9 +174,7 @@ async def forward(
             await stream.write_eof()
             return stream
         try:
-            # chunks as they arrived, never joined into bigger ones (no extra copy)
-            async for chunk, _ in upstream.content.iter_chunks():
-                await stream.write(chunk)
+            await _relay(upstream.content, stream)
         except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as e:
             # The stream has started: nothing sensible can be sent now but a broken connection.
             log.warning("stream from %s broke: %s", node.key, e)
@@ -185,6 +187,36 @@ async def forward(
         raise NodeUnreachable(f"Node {node.key} broke off ({e or type(e).__name__})") from e
     finally:
         upstream.release()
+
+
+def _bodyless(request: web.Request, upstream: aiohttp.ClientResponse) -> web.Response:
+    """The answer to a HEAD, or a 204/304: status and headers only, the body never read.
+
+    aiohttp gives such answers one shared empty reader; reading it in a loop never ends (#14).
+    A HEAD keeps the node's ``Content-Length``, which says how large the GET would be.
+    """
+    resp = web.Response(status=upstream.status, headers=_response_headers(upstream.headers.items()))
+    length = upstream.headers.get("Content-Length")
+    if request.method == "HEAD" and length is not None and length.isascii() and length.isdigit():
+        resp.headers["Content-Length"] = length
+    return resp
+
+
+async def _relay(content: aiohttp.StreamReader, stream: web.StreamResponse) -> None:
+    """Copy ``content`` to ``stream`` chunk by chunk as they arrived (never joined, no extra
+    copy) until the body's end.
+
+    ``readchunk`` may hand back an empty chunk that is not the end (a chunked-encoding
+    boundary); the loop then yields once and reads on, so it can never spin the event loop.
+    """
+    while True:
+        chunk, _ = await content.readchunk()
+        if chunk:
+            await stream.write(chunk)
+        elif content.at_eof():
+            return
+        else:
+            await asyncio.sleep(0)
 
 
 # --- zero-copy relay of large answers (Linux) -------------------------------------------------

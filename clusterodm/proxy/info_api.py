@@ -20,7 +20,7 @@ from clusterodm.tasks.limits import limited_options
 
 log = logging.getLogger(__name__)
 
-HUGE = 2**53 - 1  # what the original reports for the cluster's memory, cores and slots
+HUGE = 99999999999  # what the original reports for the cluster's memory, cores and slots
 
 
 async def info(request: web.Request) -> web.Response:

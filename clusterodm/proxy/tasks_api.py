@@ -17,7 +17,16 @@ from clusterodm.model import Node, TaskEntry, parse_line
 from clusterodm.nodes import paths
 from clusterodm.nodes.paths import QUERY_ALLOWED, NodePath
 from clusterodm.proxy.deps import deps, user_of
-from clusterodm.proxy.formdata import FormPart, FormReader, RawSink, form_reader
+from clusterodm.proxy.formdata import (
+    FormPart,
+    FormReader,
+    RawSink,
+    form_reader,
+    has_no_body,
+    is_urlencoded,
+    unsupported_form,
+    urlencoded_fields,
+)
 from clusterodm.proxy.forward import forward, forward_poll
 from clusterodm.results import S3Downloads, s3_asset_url
 from clusterodm.tasks.intake import FilePart
@@ -75,6 +84,10 @@ async def task_new_init(request: web.Request) -> web.Response:
         while (part := await reader.next()) is not None:
             if part.filename is None and part.name:
                 fields[part.name] = await reader.text(part.name)
+    elif is_urlencoded(request):
+        fields = await urlencoded_fields(request)
+    elif not has_no_body(request):
+        raise unsupported_form(request)
     uuid = await d.intake.init(user, fields, request.headers.get("set-uuid"))
     return web.json_response({"uuid": uuid})
 
@@ -100,17 +113,21 @@ async def task_new(request: web.Request) -> web.Response:
     """Single-request form: fields, then files in ``images``."""
     d, user = deps(request), user_of(request)
     reader = form_reader(request)
-    if reader is None:
-        raise InvalidRequest("Need at least 1 file or a zip file url.")
     fields: dict[str, str] = {}
-    part = await reader.next()
-    while part is not None and part.filename is None:
-        if part.name:
-            fields[part.name] = await reader.text(part.name)
+    part: FormPart | None = None
+    if reader is not None:
         part = await reader.next()
+        while part is not None and part.filename is None:
+            if part.name:
+                fields[part.name] = await reader.text(part.name)
+            part = await reader.next()
+    elif is_urlencoded(request):  # fields only, answered as a multipart body without files
+        fields = await urlencoded_fields(request)
+    elif not has_no_body(request):
+        raise unsupported_form(request)
     if "zipurl" in fields:
         raise InvalidRequest("zipurl is not supported by this cluster; upload the images.")
-    if part is None:
+    if reader is None or part is None:
         raise InvalidRequest("Need at least 1 file or a zip file url.")
     uuid = await d.intake.init(user, fields, request.headers.get("set-uuid"))
     try:

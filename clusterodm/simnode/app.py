@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -175,8 +176,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(str(error) or type(error).__name__)
 
 
+#: seconds an idle kept-alive connection stays open (Node's http server: 5 s, and it says so)
+KEEP_ALIVE_S = 5
+
+
 async def _cors_header(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Access-Control-Allow-Origin"] = "*"
+    if request.keep_alive and response.keep_alive is not False:
+        response.headers["Keep-Alive"] = f"timeout={KEEP_ALIVE_S}"
 
 
 # -- node routes ---------------------------------------------------------------------------------
@@ -184,15 +191,26 @@ async def _cors_header(request: web.Request, response: web.StreamResponse) -> No
 _HOME = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>SimNode</title></head>
 <body><h1>NodeODM-compatible simulated node</h1>
-<p>API version {version}. Tasks on this node: {count}.</p></body></html>
+<p>API version {version}.</p></body></html>
 """
+_HOME_BODY = _HOME.format(version=API_VERSION).encode()
+#: NodeODM's web UI is static files served by Express: a weak ETag of size and mtime, a
+#: Last-Modified, and 304 to a matching If-None-Match (a browser reload sends one)
+_HOME_ETAG = f'W/"{len(_HOME_BODY):x}-{zlib.crc32(_HOME_BODY):x}"'
+_HOME_MODIFIED = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
 
 
 async def home(request: web.Request) -> web.Response:
-    count = len(ctx(request).tasks.tasks)
-    return web.Response(
-        text=_HOME.format(version=API_VERSION, count=count), content_type="text/html"
-    )
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "public, max-age=0",
+        "Last-Modified": _HOME_MODIFIED,
+        "ETag": _HOME_ETAG,
+    }
+    wanted = request.headers.get("If-None-Match", "")
+    if _HOME_ETAG in (tag.strip() for tag in wanted.split(",")):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=_HOME_BODY, content_type="text/html", charset="UTF-8", headers=headers)
 
 
 async def info(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from types import MappingProxyType, TracebackType
 
 from aiohttp import web
 
-from .app import NodeContext, make_app
+from .app import KEEP_ALIVE_S, NodeContext, make_app
 from .config import SimNodeConfig
 from .staging import Staging
 from .tasks import Task, TaskManager
@@ -109,7 +109,12 @@ async def start_simnode(
         webhooks=webhooks,
     )
     holder.append(context)
-    runner = web.AppRunner(make_app(context), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
+    runner = web.AppRunner(
+        make_app(context),
+        access_log=None,
+        shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
+        keepalive_timeout=KEEP_ALIVE_S,
+    )
     try:
         await runner.setup()
         site = web.TCPSite(runner, host, port)

@@ -61,7 +61,12 @@ class TaskActions:
         self, uuid: str, user: User | None, action: str
     ) -> tuple[Node | None, TaskEntry | None]:
         """The node that owns ``uuid``, or its task-table entry; TaskNotFound otherwise."""
-        missing = TaskNotFound(f"Invalid route for taskId {uuid}:{action}, no task table entry.")
+        if action in ("cancel", "remove", "restart"):  # the original's words for these
+            missing = TaskNotFound(f"Invalid route for taskId {uuid}, no nodes in routing table.")
+        else:
+            missing = TaskNotFound(
+                f"Invalid route for taskId {uuid}:{action}, no task table entry."
+            )
         if not ANY_UUID_RE.match(uuid):
             raise missing
         shared = self.announce is not None
@@ -135,7 +140,7 @@ class TaskActions:
         node, task = await self.locate(uuid, user, action)
         if node is None:
             assert task is not None
-            return await self._held(action, task)
+            return await self._held(action, task, user, options)
         extra: dict[str, str] = {}
         if action == "restart" and options is not None:
             extra["options"] = options if isinstance(options, str) else json.dumps(options)
@@ -152,7 +157,9 @@ class TaskActions:
                 await self.dispatcher.release_images(uuid)
         return answer
 
-    async def _held(self, action: str, task: TaskEntry) -> dict[str, Any]:
+    async def _held(
+        self, action: str, task: TaskEntry, user: User | None = None, options: Any = None
+    ) -> dict[str, Any]:
         """cancel / remove / restart of a task the proxy still holds."""
         if self.announce is not None and action in ("cancel", "remove"):
             await self.announce(f"cancel {task.uuid}")  # stop its dispatch on any instance
@@ -174,8 +181,13 @@ class TaskActions:
         restartable = task.status in (TaskStatus.FAILED, TaskStatus.CANCELED)
         if not restartable or not self.intake.staging.exists(task.uuid):
             return {"success": False, "error": "Task cannot be restarted"}
+        changes: dict[str, Any] = {}
+        if options is not None:  # checked as the node would check them, then used as sent
+            raw = options if isinstance(options, str) else json.dumps(options)
+            changes["options"] = await self.intake.restart_options(user, raw)
         await self.table.update(
             task.uuid,
+            **changes,
             stage=TaskStage.COMMITTED,
             status=TaskStatus.RUNNING,
             error_message=None,

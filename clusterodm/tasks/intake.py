@@ -165,6 +165,9 @@ class TaskIntake:
         if await self.flood.check_init(user.token):
             raise LimitExceeded(flood_message())
         kept = {k: str(v) for k, v in fields.items() if k in INIT_FIELDS}
+        if ignored := sorted(set(fields) - set(INIT_FIELDS) - {"zipurl"}):
+            names = ", ".join(repr(n[:40]) for n in ignored[:10])
+            log.info("task %s: fields no node reads are ignored: %s", uuid, names)
         now = self._now_ms()
         await self.staging.create(uuid)
         existing = await self._get_upload(uuid)
@@ -192,6 +195,10 @@ class TaskIntake:
         if self.pipelines is not None:
             await self.pipelines.close(uuid)
             await self.store.delete_meta(PIPELINE_META + uuid)
+
+    async def restart_options(self, user: User | None, raw: str) -> list[Option]:
+        """New options for a restart of a task the proxy holds: checked as at init."""
+        return await self._check_options(user or User(token=""), raw)
 
     async def _check_options(self, user: User, raw: Any) -> list[Option]:
         options = parse_options(raw)
@@ -321,6 +328,18 @@ class TaskIntake:
             return None
         return node if isinstance(node, str) else None
 
+    def _check_some_node_takes(self, images: int) -> None:
+        """Refuse a task that no online node accepts for its image count (every one reports a
+        smaller ``maxImages``), as the original does; queued, it would wait for ever. Tasks
+        for busy nodes still queue, and an autoscaler may start a node that takes it."""
+        if getattr(self.dispatcher, "provisioner", None) is not None:
+            return
+        limits = [
+            n.info.max_images for n in self.registry.online_nodes() if not n.locked and n.info
+        ]
+        if limits and all(m is not None and m < images for m in limits):
+            raise NoNodeAvailable("No nodes available")
+
     async def commit(self, user: User, uuid: str, cluster_url: str) -> str:
         upload = await self._upload_of(user, uuid)
         images = self.staging.count(uuid)
@@ -333,6 +352,7 @@ class TaskIntake:
                 f"{images} images uploaded, but you can only process up to "
                 f"{user.limits.max_images}."
             )
+        self._check_some_node_takes(images)
         self.dispatcher.check_room(self.max_queue)
         await self._check_concurrency(user)
         await self.access.approve_task(user, images)

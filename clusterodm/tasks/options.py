@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from clusterodm.errors import InvalidRequest
+from clusterodm.tasks import jsjson
 
 Option = dict[str, Any]
 
@@ -37,9 +38,9 @@ def parse_options(raw: Any) -> list[Option]:
         return []
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise InvalidRequest(f"Invalid options: {e.msg} at position {e.pos}") from None
+            raw = jsjson.loads(raw)
+        except jsjson.JsJsonError as e:  # the original's (V8's) words
+            raise InvalidRequest(str(e)) from None
         except (ValueError, RecursionError):  # a number past 4,300 digits, nesting too deep
             raise InvalidRequest("Invalid options: too deeply nested or too large") from None
     if not isinstance(raw, list):

@@ -6,10 +6,13 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
 from aiohttp import FormData, web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clusterodm.errors import InvalidRequest
 from clusterodm.proxy.formdata import form_reader
@@ -180,3 +183,83 @@ async def test_stalled_upload_is_dropped(probe: Probe) -> None:
     first = b'--x\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n\r\nab'
     answer = await raw_request(probe.port, head, [first], linger_s=10)
     assert b"Upload stalled: nothing received for 1 s" in answer
+
+
+@pytest.fixture
+async def urlencoded_probe() -> AsyncIterator[str]:
+    """A server that answers the fields ``urlencoded_fields`` read from its request."""
+    from clusterodm.proxy.formdata import urlencoded_fields
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            return web.json_response({"fields": await urlencoded_fields(request)})
+        except InvalidRequest as e:
+            return web.json_response({"error": e.message})
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{site.port}/"
+    await runner.cleanup()
+
+
+_field_names = st.text(min_size=1, max_size=20).filter(lambda t: "\x00" not in t)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(fields=st.dictionaries(_field_names, st.text(max_size=200), max_size=8))
+async def test_urlencoded_fields_read_back_what_was_encoded(
+    urlencoded_probe: str, fields: dict[str, str]
+) -> None:
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    body = urlencode(fields).encode()
+    async with aiohttp.ClientSession() as s:
+        async with s.post(urlencoded_probe, data=body, headers=headers) as r:
+            answer = await r.json()
+    assert answer == {"fields": fields}
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=st.binary(max_size=300))
+async def test_any_urlencoded_body_gives_fields_or_an_error(
+    urlencoded_probe: str, body: bytes
+) -> None:
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(urlencoded_probe, data=body, headers=headers) as r:
+            assert r.status == 200
+            answer = await r.json()
+    assert set(answer) <= {"fields", "error"}
+
+
+async def test_a_chunked_body_in_small_pieces_is_read_to_its_end(probe: Probe) -> None:
+    """Transfer-Encoding: chunked, one byte per chunk at the boundaries: every part arrives."""
+    boundary = "b0undary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nchunked\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + b"\xff\xd8"
+        + bytes(5000)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 7):
+            yield body[i : i + 7]
+            await asyncio.sleep(0)
+
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    answer = await probe(pieces(), headers)
+    text, image = answer["parts"]
+    assert text == {"name": "name", "text": "chunked"}
+    assert image["file"] == "a.jpg" and image["size"] == 5002

@@ -3,7 +3,9 @@ exactly what the node answers, or the same errors as the aiohttp path."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import uuid as uuidlib
 from collections.abc import AsyncIterator
 
@@ -146,3 +148,52 @@ async def test_big_and_chunked_answers(
         assert await r.read() == big, "larger than a poll answer: streamed through aiohttp"
         r = await s.get(f"{cluster.url}/task/{uuid}/output")
         assert await r.json() == ["a", "b", "c"]
+
+
+class Collected:
+    """Where ``_relay`` writes: the bytes, in order (stands in for aiohttp's StreamResponse)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def write(self, chunk: bytes) -> None:
+        self.data += chunk
+
+
+async def test_relay_ends_on_the_shared_empty_reader_read_twice() -> None:
+    """aiohttp's one empty reader for bodyless answers says "not the end" only once; reading it
+    again used to spin for ever (#14)."""
+    from aiohttp.streams import EMPTY_PAYLOAD
+
+    from clusterodm.proxy.forward import _relay
+
+    for _ in range(3):
+        out = Collected()
+        await asyncio.wait_for(_relay(EMPTY_PAYLOAD, out), 1)  # type: ignore[arg-type]
+        assert out.data == b""
+
+
+async def test_relay_reads_chunked_bodies_to_their_end() -> None:
+    from aiohttp.base_protocol import BaseProtocol
+
+    from clusterodm.proxy.forward import _relay
+
+    loop = asyncio.get_running_loop()
+    protocol = BaseProtocol(loop)
+    ours, theirs = socket.socketpair()  # a connected transport: the reader waits only then
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=ours)  # type: ignore[arg-type, return-value]
+    reader = aiohttp.StreamReader(protocol, 1 << 16, loop=loop)
+    out = Collected()
+    relay = asyncio.ensure_future(_relay(reader, out))  # type: ignore[arg-type]
+    reader.begin_http_chunk_receiving()
+    for piece in (b"abc", b"", b"defg"):
+        reader.feed_data(piece)
+        reader.end_http_chunk_receiving()
+        reader.begin_http_chunk_receiving()
+        await asyncio.sleep(0)
+    assert not relay.done()  # waits for more, without spinning
+    reader.feed_eof()
+    await asyncio.wait_for(relay, 1)
+    assert out.data == b"abcdefg"
+    transport.close()
+    theirs.close()
