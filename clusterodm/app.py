@@ -337,6 +337,7 @@ async def start_cluster(settings: Settings) -> Cluster:
         on_waiting=health.wake,
     )
     registry.listeners.append(dispatcher.wake)
+    dispatcher.recount = health.refresh_all  # at a dispatch that finds every node full
     failover = FailoverMonitor(registry, client, routes, table, dispatcher, settings.failover)
     access = build_access(settings)
     options = OptionsCache(registry, client, 0.0 if settings.debug else settings.options_cache_s)
@@ -388,7 +389,9 @@ async def start_cluster(settings: Settings) -> Cluster:
         intake.pipelines = dispatcher.pipelines = pipelines
         dispatcher.store = store
         cluster.closers.append(pipelines.close_all)
-        cluster.background(_every(60.0, pipelines.expire, "pipeline expiry"), "pipelines")
+        cluster.background(
+            _every(pipelines.expire_every_s, pipelines.expire, "pipeline expiry"), "pipelines"
+        )
     deps.discovery = discovery = build_discovery(settings, deps, store)
     if discovery is not None and scaleout is not None:
         discovery.leads = scaleout.leads  # one instance looks up; all read the shared list

@@ -53,6 +53,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "nodes-from": ("nodes_from", lambda v: (v,) if isinstance(v, str) else tuple(map(str, v))),
     "discovery-interval": ("discovery_interval_s", float),
     "dns-server": ("dns_server", str),
+    "early-forwarding-idle": ("dispatch.early_forwarding_idle_s", float),
 }
 
 
@@ -169,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=S,
         metavar="IP[:PORT]",
         help="DNS server for --nodes-from, e.g. 127.0.0.1:8600 for Consul (default: system's)",
+    )
+    a(
+        "--early-forwarding-idle",
+        type=float,
+        default=S,
+        metavar="SECONDS",
+        help="an upload forwarded early that sends nothing for this long gives its node's "
+        "slot back; taken again if it resumes (default 30)",
     )
     a("--version", action="version", version=f"ClusterODM {__version__}")
     return p

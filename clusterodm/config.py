@@ -48,6 +48,9 @@ class DispatchSettings:
     queue_poll_s: float = 2.0  # while tasks wait: how often to look for a free slot
     keep_images_bytes: int = 20 * 1024**3  # staged images kept for failover, all tasks; 0 = off
     early_forwarding: bool = True  # send images on to a free node while the client uploads
+    #: an upload forwarded early that stays quiet this long gives its node's slot back
+    #: (taken again if it resumes and the slot is still free)
+    early_forwarding_idle_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +243,8 @@ class Settings:
             raise ConfigError("--failover-grace and --failover-retries must not be negative")
         if self.scale_out.claim_ttl_s <= 0 or self.scale_out.scan_s <= 0:
             raise ConfigError("--claim-ttl must be a positive number of seconds")
+        if not 0.1 <= self.dispatch.early_forwarding_idle_s <= 24 * 3600.0:
+            raise ConfigError("--early-forwarding-idle must be from 0.1 to 86400 seconds")
         if self.dispatch.keep_images_bytes < 0:
             raise ConfigError("--keep-images-gb must not be negative")
         if self.flood_limit is not None and self.flood_limit < 0:

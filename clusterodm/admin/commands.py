@@ -162,13 +162,15 @@ class AdminCommands:
     # --- nodes ---------------------------------------------------------------------------
     def nodes(self) -> list[NodeView]:
         reg = self.deps.registry
-        return [NodeView(i, n, reg.is_online(n)) for i, n in enumerate(reg.nodes(), 1)]
+        # queue counts as the cluster knows them now (sent, removed, seen finished since /info)
+        return [NodeView(i, reg.counted(n), reg.is_online(n)) for i, n in enumerate(reg.nodes(), 1)]
 
     def node(self, number: int) -> NodeView:
         node = self.deps.registry.by_number(number)
         if node is None:
             raise NodeOutOfRange(f"No node number {number}")
-        return NodeView(number, node, self.deps.registry.is_online(node))
+        reg = self.deps.registry
+        return NodeView(number, reg.counted(node), reg.is_online(node))
 
     async def node_add(self, hostname: str, port: int | str, token: str = "") -> NodeView:
         """Add and persist a node (BadAddress for a host or port that cannot be a node's), then

@@ -37,6 +37,7 @@ class HealthMonitor:
     async def refresh(self, node: Node) -> bool:
         """Probe one node; True if it answered a usable /info. Never raises (but cancellation):
         any failure is this node's alone."""
+        asked_ms = self.registry.now_ms()  # what the cluster did after this stays counted
         try:
             info = await self.client.info(node)
         except NodeError as e:
@@ -48,7 +49,7 @@ class HealthMonitor:
             self.registry.record_failure(node.key)
             return False
         try:
-            await self.registry.record_info(node.key, info)
+            await self.registry.record_info(node.key, info, asked_ms)
         except Exception as e:
             self._fault(node, "not recorded", e)
             return False

@@ -10,6 +10,10 @@ interval and whenever another instance announces a change (``nodes``); one insta
 leader, refreshes ``/info`` and the others read its results with their ``last_refreshed_ms``.
 Slots taken by every instance's dispatches are places in the store (``Store.reserve``); their
 counts per node, read on an interval, count against the free slots here like transients.
+
+A node's queue count is its last ``/info`` corrected by what the cluster did since (sent,
+cancelled, removed, saw finish: ``SlotLedger``), so a slot freed through the cluster is free at
+once, not at the next refresh.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from clusterodm.errors import InvalidRequest
 from clusterodm.log import event
 from clusterodm.model import Node, NodeInfo, node_key
 from clusterodm.nodes.address import check_hostname, check_port
+from clusterodm.nodes.ledger import SlotLedger
 from clusterodm.nodes.selection import NodeState, available_slots, best_node
 from clusterodm.store.base import Store
 
@@ -33,6 +38,9 @@ log = logging.getLogger(__name__)
 
 RELOAD_TRIES = 5
 """Reads of the shared node list a reload makes while this instance keeps changing it."""
+SHARED_READ_SLACK_MS = 10_000
+"""A node's ``/info`` stored by another instance was asked at most this long before it was
+stored (the info timeout): events older than that are in its count."""
 
 
 class NodeRegistry:
@@ -54,6 +62,7 @@ class NodeRegistry:
         self._transients: dict[str, int] = {}
         self._reserved: dict[str, int] = {}  # shared store: slots every instance has taken
         self._last_chosen: dict[str, int] = {}
+        self._ledger = SlotLedger()
         self._turn = 0
         self._generation = 0  # bumped by every change this instance makes to the list
         self.listeners: list[Callable[[], Any]] = []
@@ -62,6 +71,8 @@ class NodeRegistry:
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+    now_ms = _now_ms  # for callers that time a request to a node (``record_info``)
 
     async def load(self) -> None:
         self._nodes = await self._store.list_nodes()
@@ -89,6 +100,9 @@ class NodeRegistry:
             old = before.get(node.key)
             if old is None or node.last_refreshed_ms > old.last_refreshed_ms:
                 self._failed.discard(node.key)
+                # read by another instance: asked at most one info timeout before it landed
+                stored = node.last_refreshed_ms
+                self._ledger.read(node.key, stored - SHARED_READ_SLACK_MS, stored)
         keys = {n.key for n in fresh}
         self._failed &= keys
         changed = fresh != self._nodes
@@ -140,14 +154,34 @@ class NodeRegistry:
         if node is not None and node.info is not None:
             self._reserved[key] = node.info.max_parallel_tasks
 
+    def counted(self, node: Node) -> Node:
+        """``node`` with its queue count as the cluster knows it now (``SlotLedger``)."""
+        adjust = self._ledger.adjustment(node.key)
+        if not adjust or node.info is None:
+            return node
+        count = max(0, node.info.task_queue_count + adjust)
+        info = dataclasses.replace(node.info, task_queue_count=count)
+        return dataclasses.replace(node, info=info)
+
+    def queue_count(self, node: Node) -> int:
+        """Tasks queued or running on the node, as the cluster knows it now."""
+        info = self.counted(node).info
+        return info.task_queue_count if info is not None else 0
+
+    def in_doubt(self, node: Node) -> bool:
+        """Whether the node's count rests on events its ``/info`` has not confirmed yet."""
+        return self._ledger.pending(node.key)
+
     def slots(self, node: Node) -> int:
-        return available_slots(node, self.transients(node.key))
+        return available_slots(self.counted(node), self.transients(node.key))
 
     def states(self) -> list[NodeState]:
-        return [
-            NodeState(n, self.is_online(n), self.slots(n), self._last_chosen.get(n.key, 0))
-            for n in self._nodes
-        ]
+        states = []
+        for n in self._nodes:
+            c = self.counted(n)
+            slots = available_slots(c, self.transients(n.key))
+            states.append(NodeState(c, self.is_online(n), slots, self._last_chosen.get(n.key, 0)))
+        return states
 
     def reference(self) -> Node | None:
         """The first online node: answers /options and serves the web UI."""
@@ -221,6 +255,7 @@ class NodeRegistry:
         self._generation += 1
         self._nodes = [n for n in self._nodes if n.key != key]
         self._failed.discard(key)
+        self._ledger.forget(key)
         self._notify()
         await self._announce()
         log.info("node removed: %s", key)
@@ -242,12 +277,17 @@ class NodeRegistry:
         await self._announce()
         return updated
 
-    async def record_info(self, key: str, info: NodeInfo) -> Node | None:
+    async def record_info(
+        self, key: str, info: NodeInfo, asked_ms: int | None = None
+    ) -> Node | None:
+        """The node's ``/info``, asked at ``asked_ms`` (events since stay counted on top)."""
         node = self.get(key)
         if node is not None and not self.is_online(node):
             event(log, logging.INFO, f"node {key} online", event="node_online", node=key)
         self._failed.discard(key)
         self.offline_reasons.pop(key, None)
+        if asked_ms is not None:
+            self._ledger.read(key, asked_ms)
         return await self._update(key, info=info, last_refreshed_ms=self._now_ms())
 
     def record_failure(self, key: str, why: str = "a request to it failed") -> None:
@@ -264,13 +304,28 @@ class NodeRegistry:
         self._failed.add(key)
         self._notify()
 
-    def bump_queue(self, key: str) -> None:
-        """After sending a task, count it in the node's queue until the next refresh says so."""
-        node = self.get(key)
-        if node is None or node.info is None:
-            return
-        info = dataclasses.replace(node.info, task_queue_count=node.info.task_queue_count + 1)
-        self._replace(dataclasses.replace(node, info=info))
+    def task_sent(self, key: str, uuid: str) -> None:
+        """The cluster committed (or restarted) ``uuid`` on the node: one more in its queue."""
+        self._ledger.sent(key, uuid, self._now_ms())
+
+    def task_seen(self, key: str, uuid: str, code: int | None, asked_ms: int) -> None:
+        """A status answer for ``uuid`` from the node, asked at ``asked_ms``: queued or running
+        (10, 20) keeps it counted; finished, failed or cancelled (40, 30, 50) frees its slot."""
+        if code in (10, 20):
+            self._ledger.seen_active(key, uuid, asked_ms)
+        elif code in (30, 40, 50):
+            self.task_ended(key, uuid)
+
+    def task_ended(self, key: str, uuid: str) -> None:
+        """``uuid`` left the node's queue (cancelled or removed through the cluster, or seen
+        ended): its slot is free now, and waiting tasks may go."""
+        if self._ledger.ended(key, uuid, self._now_ms()):
+            self._notify()
+
+    def release(self, key: str) -> None:
+        """Give back a slot held for forwarding (``add_transient``), and say so."""
+        self.drop_transient(key)
+        self._notify()
 
     async def _update(self, key: str, **changes: Any) -> Node | None:
         node = self.get(key)

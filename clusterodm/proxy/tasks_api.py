@@ -6,6 +6,7 @@ Each handler turns HTTP into a call on the intake, the dispatcher or the owning 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -160,17 +161,38 @@ def _int_query(request: web.Request, key: str) -> int | None:
     return parse_line(request.query.get(key))
 
 
+STATUS_CODE_RE = re.compile(rb'"status":\s*\{\s*"code":\s*(\d{1,3})\b')
+"""The status code in a NodeODM ``/task/<uuid>/info`` answer, found without parsing it (the
+status comes before the output lines; a quote inside a string is escaped, so never matches)."""
+
+
+def answered_status(answer: web.StreamResponse) -> int | None:
+    """The task status code in a relayed ``info`` answer held whole, if it has one."""
+    body = answer.body if isinstance(answer, web.Response) else None
+    if answer.status != 200 or not isinstance(body, bytes):
+        return None
+    match = STATUS_CODE_RE.search(body)
+    return int(match.group(1)) if match else None
+
+
 async def _ask_node(
     request: web.Request, node: Node, path: NodePath, uuid: str, query: dict[str, str]
 ) -> web.StreamResponse | TaskEntry:
     """Forward to the owning node; while it is down, a task whose images are kept is answered
-    by the proxy (still running, as far as the client knows) until failover moves it."""
+    by the proxy (still running, as far as the client knows) until failover moves it.
+
+    A status in an ``info`` answer counts at once in the node's queue count (a task seen
+    finished frees its slot, ``NodeRegistry.task_seen``)."""
     d = deps(request)
     held = d.table.get(uuid)
     if held is not None and not d.registry.is_online(node):
         return held
     try:
-        return await forward_poll(request, d.client, node, path, query)
+        asked_ms = d.registry.now_ms()
+        answer = await forward_poll(request, d.client, node, path, query)
+        if path.endswith("/info"):
+            d.registry.task_seen(node.key, uuid, answered_status(answer), asked_ms)
+        return answer
     except NodeUnreachable:
         d.registry.record_failure(node.key)
         if held is None:

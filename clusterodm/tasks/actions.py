@@ -22,6 +22,7 @@ from clusterodm.model import ANY_UUID_RE, Node, TaskEntry, TaskStage, TaskStatus
 from clusterodm.nodes import paths
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
+from clusterodm.tasks.concurrency import status_code
 from clusterodm.tasks.dispatch import LAUNCHING, Dispatcher
 from clusterodm.tasks.events import TaskEvents
 from clusterodm.tasks.intake import TaskIntake
@@ -122,7 +123,10 @@ class TaskActions:
         node, task = await self.locate(uuid, user, "info")
         if node is not None:
             query = {} if with_output is None else {"with_output": str(with_output)}
-            return await self.client.get_json(node, paths.task(uuid, "info"), query)
+            asked_ms = self.registry.now_ms()
+            answer = await self.client.get_json(node, paths.task(uuid, "info"), query)
+            self.registry.task_seen(node.key, uuid, status_code(answer), asked_ms)
+            return answer
         assert task is not None
         return task.info_json(int(time.time() * 1000), with_output)
 
@@ -151,6 +155,11 @@ class TaskActions:
             raise
         if answer.get("success") is True and action in ("cancel", "remove"):
             self.events.ended(uuid, "cancelled" if action == "cancel" else "removed")
+        if answer.get("success") is True:  # the node's queue changed: count it at once
+            if action == "restart":
+                self.registry.task_sent(node.key, uuid)
+            else:
+                self.registry.task_ended(node.key, uuid)
         if action == "remove" and answer.get("success") is True:
             await self.routes.delete(uuid)
             if self.table.get(uuid) is not None:

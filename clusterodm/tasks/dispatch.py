@@ -67,6 +67,8 @@ PENDING = (TaskStage.COMMITTED, TaskStage.DISPATCHING, TaskStage.QUEUED)
 LAUNCHING = "Launching... please wait! This can take a few minutes."
 QUEUED_LINE = "Queued at the cluster"
 VIEW_MAX_AGE_S = 0.2  # waiting jobs of one instance share one read of the shared queue
+RECOUNT_FRESH_S = 1.0  # nodes counted this recently (at a dispatch) are not asked again
+RECOUNT_WAIT_S = 3.0  # a dispatch waits this long at most for the nodes' counts
 
 
 class Superseded(Exception):
@@ -209,6 +211,10 @@ class Dispatcher:
         self._view_lock = asyncio.Lock()
         self._user_places: dict[str, int] = {}
         self._places: dict[str, tuple[list[str], asyncio.Task[None]]] = {}
+        #: asks every node's ``/info`` now (``HealthMonitor.refresh_all``); one instance only
+        self.recount: Callable[[], Coroutine[Any, Any, None]] | None = None
+        self._recount_job: asyncio.Task[None] | None = None
+        self._recounted = -RECOUNT_FRESH_S  # monotonic time the last recount ended
 
     # --- jobs ----------------------------------------------------------------------------
     def submit(self, uuid: str) -> None:
@@ -264,6 +270,9 @@ class Dispatcher:
             _, pending = await asyncio.wait(pending, timeout=1.0)
         await asyncio.gather(*jobs, return_exceptions=True)
         self._jobs.clear()
+        if self._recount_job is not None:
+            self._recount_job.cancel()
+            await asyncio.gather(self._recount_job, return_exceptions=True)
         renewers = [renewer for _, renewer in self._places.values()]
         for renewer in renewers:
             renewer.cancel()
@@ -347,6 +356,10 @@ class Dispatcher:
         mine = self.may_start(task.owner)
         if not self._waiting and mine:
             node = self._free_node(task.images_count, exclude)
+            if node is None and await self._recount():
+                # full by the cluster's count: as the original, ask the nodes before queueing
+                # (or starting a machine); the task stays RUNNING meanwhile
+                node = None if self._waiting else self._free_node(task.images_count, exclude)
             grant: Grant | None = None
             if node is not None:
                 self.registry.add_transient(node.key)
@@ -390,6 +403,29 @@ class Dispatcher:
             raise
         finally:
             self._waiting.pop(task.uuid, None)
+
+    async def _recount(self) -> bool:
+        """Ask every node for its count now, unless that was done within ``RECOUNT_FRESH_S``;
+        one round for all the dispatches that find the cluster full at once, waited for at
+        most ``RECOUNT_WAIT_S``. True if a round was waited for."""
+        if self.recount is None or self.shared is not None:
+            return False
+        job = self._recount_job
+        if job is None or (job.done() and time.monotonic() - self._recounted > RECOUNT_FRESH_S):
+            job = self._recount_job = asyncio.create_task(self._recount_round(self.recount))
+        elif job.done():
+            return False  # counted just now: the count stands
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(job), RECOUNT_WAIT_S)
+        return True
+
+    async def _recount_round(self, recount: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await recount()
+        except Exception:
+            log.exception("node count at dispatch failed")
+        finally:
+            self._recounted = time.monotonic()
 
     # --- the cluster's queue (shared store) ----------------------------------------------------
     async def _read_view(self, store: Store) -> tuple[list[Waiting], set[str]]:
@@ -786,7 +822,7 @@ class Dispatcher:
         await self.routes.add(task.uuid, node_key, task.owner)
         if self.store is not None:
             await self.store.delete_meta(PIPELINE_META + task.uuid)
-        self.registry.bump_queue(node_key)
+        self.registry.task_sent(node_key, task.uuid)
         await self._release_places(task.uuid, landed=True)
         keep = await self._keep(task.uuid)
         landed = await self.table.update_if(

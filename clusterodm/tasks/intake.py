@@ -40,6 +40,8 @@ from clusterodm.tasks.table import TaskTable
 log = logging.getLogger(__name__)
 
 INIT_FIELDS = ("name", "options", "skipPostProcessing", "webhook", "outputs", "dateCreated")
+SEED_ZIP = "seed.zip"  # split-merge's payload for a submodel task
+SPLITMERGE_OFF = "Cannot use this node as a split-merge cluster."  # the original's words
 
 
 class DispatchSink(Protocol):
@@ -264,8 +266,10 @@ class TaskIntake:
             if relay is not None:
                 body.tap(relay.feed)
         saved: list[tuple[str, str]] = []  # (name sent by the client, name staged)
+        busy = pipelines.uploading(uuid) if pipelines is not None else contextlib.nullcontext()
         try:
-            await self._save_parts(user, uuid, body, saved, relay)
+            with busy:
+                await self._save_parts(user, uuid, body, saved, relay)
         except BaseException:
             if relay is not None:
                 assert pipelines is not None
@@ -288,10 +292,12 @@ class TaskIntake:
     ) -> None:
         max_images = user.limits.max_images
         async for part in body:
-            if not self.splitmerge and part.filename.lower() == "seed.zip":
-                raise InvalidRequest("Split-merge is disabled on this cluster: seed.zip refused.")
+            # A refusal here is final for the whole task: ``noRetry`` stops pyodm from sending
+            # the same file again five times before it tells its caller.
             if max_images is not None and self.staging.count(uuid) >= max_images:
-                raise LimitExceeded(f"You can only upload up to {max_images} images.")
+                raise LimitExceeded(
+                    f"You can only upload up to {max_images} images.", no_retry=True
+                )
             chunks = part.chunks if relay is None else _failing_with(relay, part.chunks)
             stored = await self.staging.save(uuid, part.filename, chunks)
             saved.append((part.filename, stored))
@@ -347,6 +353,10 @@ class TaskIntake:
             await self.staging.remove(uuid)
             await self._delete_upload(uuid)
             raise InvalidRequest("Need at least 1 file.")
+        if not self.splitmerge and any(f.name == SEED_ZIP for f in self.staging.files(uuid)):
+            # refused where the original refuses it: at commit, once for the whole task
+            await self.abandon(uuid)
+            raise InvalidRequest(SPLITMERGE_OFF)
         if user.limits.max_images is not None and images > user.limits.max_images:
             raise LimitExceeded(
                 f"{images} images uploaded, but you can only process up to "

@@ -19,6 +19,13 @@ change (a path separator, a control character) may be stored differently by the 
 ends the pipeline, as does a failed relay: the task is then forwarded the ordinary way,
 preferably to another node.
 
+A pipeline's slot is held only while its upload goes on: an upload with no request under way
+for ``DispatchSettings.early_forwarding_idle_s`` (``--early-forwarding-idle``, tens of seconds)
+gives the slot back at once, so an upload the client abandoned (a failed ``create_task`` that
+the client starts again as a new task) never holds a node that a ready task could use. If the
+upload resumes, the slot is taken again when it is still free and no task waits for it;
+otherwise the pipeline ends and the task is forwarded the ordinary way after commit.
+
 The staged copy stays the source of truth: if anything goes wrong the pipeline is dropped and
 the ordinary dispatch runs from the staged files, preferring another node (the pipeline's node
 may hold part of the upload under this uuid). Only nodes without a ``maxImages`` limit are used,
@@ -41,7 +48,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +64,7 @@ log = logging.getLogger(__name__)
 
 ANY_SIZE = 2**31  # only nodes that take any number of images
 PIPELINE_META = "pipeline:"  # store meta key: {"node": key, "sent": [names]} of an upload
-IDLE_S = 30 * 60.0  # a pipeline with no upload for this long gives its slot back
+IDLE_S = 30 * 60.0  # a pipeline with no upload for this long is dropped (its slot went before)
 RELAY_BUFFER_BYTES = 4 * 1024 * 1024
 """Received bytes a relay holds for a node slower than the client; then the client waits."""
 LOCK_TTL_MS = 10_000  # a record lock outlives any holder that died with it by this much
@@ -87,6 +94,8 @@ class Pipeline:
     writer: asyncio.Future[None] | None = None  # writes the record while it lags behind
     last_write: float = 0.0  # monotonic time of the last record write
     hurry: asyncio.Event = field(default_factory=asyncio.Event)  # a flush waits: write now
+    uploads: int = 0  # upload requests of this task under way (not quiet while any is)
+    released: bool = False  # quiet for a while: its slot was given back (``release_idle``)
 
 
 @dataclass(frozen=True)
@@ -296,11 +305,44 @@ class UploadPipelines:
         log.debug("task %s: forwarding images to %s while they arrive", uuid, node.key)
         return pipe
 
+    @contextlib.contextmanager
+    def uploading(self, uuid: str) -> Iterator[None]:
+        """An upload request of ``uuid`` is under way: its pipeline is not quiet meanwhile."""
+        pipe = self._pipes.get(uuid)
+        if pipe is None:
+            yield
+            return
+        pipe.uploads += 1
+        try:
+            yield
+        finally:
+            pipe.uploads -= 1
+            pipe.last_activity = time.monotonic()
+
+    def _usable(self, pipe: Pipeline) -> bool:
+        """Whether ``pipe`` may send to its node now: a slot given back while the upload was
+        quiet is taken again if it is still free and no task waits for one; if not, the
+        pipeline ends here (the task goes the ordinary way after commit)."""
+        if pipe.error is not None:
+            return False
+        if not pipe.released:
+            return True
+        if self.queue_empty() and self.registry.is_online(pipe.node):
+            node = self.registry.get(pipe.node.key)
+            if node is not None and self.registry.slots(node) > 0:
+                self.registry.add_transient(node.key)
+                pipe.released = False
+                log.info("task %s: upload resumed; slot on %s taken again", pipe.uuid, node.key)
+                return True
+        pipe.error = NodeRejected("upload resumed after its slot went to another task")
+        log.info("task %s: upload resumed, %s has no free slot now", pipe.uuid, pipe.node.key)
+        return False
+
     def relay(self, uuid: str, content_type: str, length: int | None) -> Relay | None:
         """Start relaying an upload request's body to the pipeline's node; None if there is
         no usable pipeline or uploads to nodes are speed-capped (then ``file_saved``)."""
         pipe = self._pipes.get(uuid)
-        if pipe is None or pipe.error is not None or self.client.rate_limiter is not None:
+        if pipe is None or self.client.rate_limiter is not None or not self._usable(pipe):
             return None
         pipe.last_activity = time.monotonic()
 
@@ -362,7 +404,7 @@ class UploadPipelines:
     def file_saved(self, uuid: str, path: Path) -> None:
         """A staged image is complete: send it on now (in the background, bounded)."""
         pipe = self._pipes.get(uuid)
-        if pipe is None or pipe.error is not None:
+        if pipe is None or not self._usable(pipe):
             return
         pipe.last_activity = time.monotonic()
         job = asyncio.create_task(self._send(pipe, path), name=f"pipeline {uuid}")
@@ -457,6 +499,8 @@ class UploadPipelines:
         self._opening.pop(uuid, None)
         ok = False
         try:
+            if not pipe.joined:
+                self._usable(pipe)  # committed after a quiet spell: its slot again, if free
             if pipe.jobs:
                 await asyncio.gather(*list(pipe.jobs), return_exceptions=True)
             if pipe.error is None:
@@ -473,8 +517,8 @@ class UploadPipelines:
         finally:
             await self._flush(pipe)  # complete before the task moves on (and deletes it)
             # on success the caller drops it once the task is counted on the node
-            if not ok and not pipe.joined:
-                self.registry.drop_transient(pipe.node.key)
+            if not ok and not pipe.joined and not pipe.released:
+                self.registry.release(pipe.node.key)
 
     async def close(self, uuid: str) -> Node | None:
         """Drop a pipeline (upload abandoned, or dispatch falls back); its node, if any."""
@@ -489,19 +533,50 @@ class UploadPipelines:
         with contextlib.suppress(BaseException):
             await asyncio.gather(*list(pipe.jobs), return_exceptions=True)
         await self._flush(pipe)  # no write may land after the caller deletes the record
-        if not pipe.joined:
-            self.registry.drop_transient(pipe.node.key)
+        if not pipe.joined and not pipe.released:
+            self.registry.release(pipe.node.key)
         return pipe.node
 
-    async def expire(self, now: float | None = None) -> list[str]:
-        """Close pipelines of uploads the client stopped sending (slot given back)."""
+    def _quiet_for(self, pipe: Pipeline, now: float) -> float:
+        if pipe.jobs or pipe.uploads:
+            return 0.0
+        return now - pipe.last_activity
+
+    def release_idle(self, now: float | None = None) -> list[str]:
+        """Give back the slots of uploads that went quiet (module doc); waiting tasks may go."""
         now = time.monotonic() if now is None else now
+        limit = self.settings.early_forwarding_idle_s
+        quiet = [
+            p
+            for p in self._pipes.values()
+            if not p.released and not p.joined and self._quiet_for(p, now) > limit
+        ]
+        for pipe in quiet:
+            pipe.released = True
+            log.info(
+                "task %s: upload quiet for %.0f s; slot on %s given back",
+                pipe.uuid,
+                limit,
+                pipe.node.key,
+            )
+            self.registry.release(pipe.node.key)
+        return [p.uuid for p in quiet]
+
+    async def expire(self, now: float | None = None) -> list[str]:
+        """Give back the slots of quiet uploads; drop pipelines of uploads long abandoned."""
+        now = time.monotonic() if now is None else now
+        self.release_idle(now)
         # shared: the record lives on; this instance joins it again at its next upload
         limit = SHARED_IDLE_S if self.shared else IDLE_S
-        idle = [u for u, p in self._pipes.items() if not p.jobs and now - p.last_activity > limit]
+        idle = [u for u, p in self._pipes.items() if self._quiet_for(p, now) > limit]
         for uuid in idle:
             await self.close(uuid)
         return idle
+
+    @property
+    def expire_every_s(self) -> float:
+        """How often ``expire`` should run to give slots back on time."""
+        return min(60.0, max(0.05, self.settings.early_forwarding_idle_s / 4))
 
     async def close_all(self) -> None:
         for uuid in list(self._pipes):
