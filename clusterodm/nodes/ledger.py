@@ -22,12 +22,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+NEVER = -(2**62)
 MAX_KNOWN = 10_000  # active tasks remembered per node (bounded memory; forgetting only overcounts)
 
 
 @dataclass
 class _NodeLedger:
-    read_ms: int = -1  # when the last /info counted in was asked (-1: never)
+    read_ms: int = NEVER  # when the last /info counted in was asked
     sent: dict[str, int] = field(default_factory=dict)  # uuid -> when it was put on the node
     ended: dict[str, int] = field(default_factory=dict)  # uuid -> when it was seen to end
     #: tasks known to be in the node's count: seen active after ``read_ms``, or sent since
