@@ -23,9 +23,6 @@ class ClusterError(Exception):
     """Root of every error the cluster raises on purpose."""
 
     status = 200
-    #: the refusal holds for the whole task: sent as ``noRetry`` so that clients (pyodm) do
-    #: not send the same request again
-    no_retry = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -48,10 +45,6 @@ class TaskNotFound(ClusterError):
 
 class LimitExceeded(ClusterError):
     """A per-user or cluster limit refuses the request."""
-
-    def __init__(self, message: str, no_retry: bool = False) -> None:
-        super().__init__(message)
-        self.no_retry = no_retry
 
 
 class NoNodeAvailable(ClusterError):

@@ -40,11 +40,8 @@ MAX_PATH = 512
 _PATH_CHARS = re.compile(r"/[A-Za-z0-9._~/-]*")
 
 
-def json_error(message: str, status: int = 200, no_retry: bool = False) -> web.Response:
-    body: dict[str, object] = {"error": message}
-    if no_retry:
-        body["noRetry"] = True  # as NodeODM says it: pyodm then stops retrying the upload
-    return web.json_response(body, status=status)
+def json_error(message: str, status: int = 200) -> web.Response:
+    return web.json_response({"error": message}, status=status)
 
 
 def sent_path(request: web.Request) -> str:
@@ -97,7 +94,7 @@ def proxy_middleware(metrics: Metrics) -> Middleware:
                 else:
                     response = await _authorise(request) or await handler(request)
             except ClusterError as e:
-                response = json_error(e.message, e.status, e.no_retry)
+                response = json_error(e.message, e.status)
             except web.HTTPException as e:
                 response = _http_error(request, e)
                 if response is None:

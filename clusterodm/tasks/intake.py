@@ -40,6 +40,7 @@ from clusterodm.tasks.table import TaskTable
 log = logging.getLogger(__name__)
 
 INIT_FIELDS = ("name", "options", "skipPostProcessing", "webhook", "outputs", "dateCreated")
+OVER_LIMIT_META = "over-limit:"  # store meta key: the upload brought too many images
 SEED_ZIP = "seed.zip"  # split-merge's payload for a submodel task
 SPLITMERGE_OFF = "Cannot use this node as a split-merge cluster."  # the original's words
 
@@ -194,6 +195,7 @@ class TaskIntake:
         """Forget an upload and its staged files (removed task, failed single-request create)."""
         await self._delete_upload(uuid)
         await self.staging.remove(uuid)
+        await self.store.delete_meta(OVER_LIMIT_META + uuid)
         if self.pipelines is not None:
             await self.pipelines.close(uuid)
             await self.store.delete_meta(PIPELINE_META + uuid)
@@ -291,20 +293,33 @@ class TaskIntake:
         relay: Relay | None,
     ) -> None:
         max_images = user.limits.max_images
+        over = False
         async for part in body:
-            # A refusal here is final for the whole task: ``noRetry`` stops pyodm from sending
-            # the same file again five times before it tells its caller.
-            if max_images is not None and self.staging.count(uuid) >= max_images:
-                raise LimitExceeded(
-                    f"You can only upload up to {max_images} images.", no_retry=True
-                )
+            if over or (max_images is not None and self.staging.count(uuid) >= max_images):
+                over = True  # read to the end and kept nowhere; refused at commit
+                async for _ in part.chunks:
+                    pass
+                continue
             chunks = part.chunks if relay is None else _failing_with(relay, part.chunks)
             stored = await self.staging.save(uuid, part.filename, chunks)
             saved.append((part.filename, stored))
             if relay is None and self.pipelines is not None:
                 self.pipelines.file_saved(uuid, self.staging.path(uuid) / stored)
+        if over:
+            await self._note_over_limit(uuid)
+            return
         if not saved:
             raise InvalidRequest("Need at least 1 file.")
+
+    async def _note_over_limit(self, uuid: str) -> None:
+        """Images beyond the user's ``max_images`` arrived: the task is refused at commit.
+
+        Not at upload: pyodm sends a refused image five more times, backing off for over a
+        minute, before its caller hears of it (it never reads ``noRetry`` from an error);
+        a refused commit reaches the caller at once. The extra images are read and dropped.
+        """
+        log.info("task %s: more images than the user may upload; refused at commit", uuid)
+        await self.store.set_meta(OVER_LIMIT_META + uuid, "1")
 
     async def _pipeline_for(self, upload: StagedUpload) -> UploadPipelines | None:
         """Forward this upload's images while they arrive, when a node is free for it now.
@@ -357,6 +372,10 @@ class TaskIntake:
             # refused where the original refuses it: at commit, once for the whole task
             await self.abandon(uuid)
             raise InvalidRequest(SPLITMERGE_OFF)
+        limit = user.limits.max_images
+        if limit is not None and await self.store.get_meta(OVER_LIMIT_META + uuid) is not None:
+            await self.abandon(uuid)
+            raise LimitExceeded(f"You can only upload up to {limit} images.")
         if user.limits.max_images is not None and images > user.limits.max_images:
             raise LimitExceeded(
                 f"{images} images uploaded, but you can only process up to "

@@ -135,10 +135,14 @@ async def test_limits_at_every_step(
         assert json.loads(body["error"]) == [
             {"name": "feature-quality", "error": "Invalid value ultra (not in enum)"}
         ]
-        # upload: no more images than allowed
+        # no more images than allowed: the extra one is dropped, the task refused at commit
+        # (pyodm retries a refused upload for over a minute; a refused commit it reports)
         uuid = (await bob.init())["uuid"]
         body = await bob.call("POST", f"/task/new/upload/{uuid}", data=images(3))
+        assert body == {"success": True}
+        body = await bob.call("POST", f"/task/new/commit/{uuid}")
         assert "only upload up to 2 images" in body["error"]
+        assert uuid not in sim.tasks
 
         # dispatch: clamped, forced and removed options
         opts_in = [
