@@ -8,6 +8,9 @@ server and printed beside the figures it produced.
 
     python -m bench                 # full suite, medians of 3 runs (about 5 minutes)
     python -m bench --quick         # smaller sizes, 1 run (about a minute); what CI runs
+    python -m bench --only splitmerge [--against-original]
+                                    # ODM's split-merge on real NodeODM nodes: the phase
+                                    # times, ours beside the original's (bench/splitmerge.py)
     python -m bench --target URL --node URL [--token T]
                                     # any running cluster (e.g. the Node.js original) in front
                                     # of the node at --node: the figures that need no control
@@ -878,6 +881,10 @@ def main(argv: list[str] | None = None) -> int:
         help="what drives the side-by-side requests/s (default: wrk when installed)",
     )
     args = parser.parse_args(argv)
+    if args.only == ["splitmerge"]:  # real NodeODM nodes, a cluster of its own per kind
+        from bench.splitmerge import run as run_splitmerge
+
+        return run_splitmerge(args)
     # stopped from outside: still stop the nodes and clusters started here
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.target and not args.node:
