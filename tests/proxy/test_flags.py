@@ -154,3 +154,14 @@ def test_queue_and_failover_flags() -> None:
     assert parse_settings(["--no-early-forwarding"]).dispatch.early_forwarding is False
     with pytest.raises(ConfigError, match="max-queue"):
         parse_settings(["--max-queue", "-1"])
+
+
+def test_early_forwarding_idle_flag(tmp_path: Path) -> None:
+    assert parse_settings([]).dispatch.early_forwarding_idle_s == 30.0
+    assert parse_settings(["--early-forwarding-idle", "45"]).dispatch.early_forwarding_idle_s == 45
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"early-forwarding-idle": 12.5}))
+    assert parse_settings(["--config", str(cfg)]).dispatch.early_forwarding_idle_s == 12.5
+    for bad in ("0", "nan", "-3", "1e9"):
+        with pytest.raises(ConfigError, match="early-forwarding-idle"):
+            parse_settings(["--early-forwarding-idle", bad])
