@@ -168,10 +168,6 @@ class NodeRegistry:
         info = self.counted(node).info
         return info.task_queue_count if info is not None else 0
 
-    def in_doubt(self, node: Node) -> bool:
-        """Whether the node's count rests on events its ``/info`` has not confirmed yet."""
-        return self._ledger.pending(node.key)
-
     def slots(self, node: Node) -> int:
         return available_slots(self.counted(node), self.transients(node.key))
 
