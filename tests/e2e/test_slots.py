@@ -94,6 +94,11 @@ async def test_a_full_count_is_checked_with_the_nodes_before_a_task_queues(
         assert info["status"]["code"] == RUNNING
         assert not any("Queued" in line for line in info["output"])
         await eventually(lambda: uuid in sim.tasks, message="sent to the node")
+    metrics = cluster.deps.dispatcher.metrics
+    assert metrics is not None
+    samples = metrics.queue_wait_seconds.collect()[0].samples
+    waits = [m.value for m in samples if m.name.endswith("_count")]
+    assert waits == [0.0], "it never waited in the queue"
 
 
 async def test_a_quiet_upload_gives_its_slot_back_and_takes_it_again(
