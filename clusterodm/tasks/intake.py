@@ -146,7 +146,10 @@ class TaskIntake:
         self._records.pop(uuid, None)
         await self.store.delete_upload(uuid)
 
-    forget_upload = _delete_upload  # the stale-upload sweep, once the files are gone
+    async def forget_upload(self, uuid: str) -> None:
+        """The stale-upload sweep, once the files are gone: the record and its marks."""
+        await self._delete_upload(uuid)
+        await self.store.delete_meta(OVER_LIMIT_META + uuid)
 
     def uuid_in_use(self, uuid: str) -> bool:
         return self.routes.get(uuid) is not None or self.table.get(uuid) is not None
