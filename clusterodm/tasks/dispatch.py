@@ -415,7 +415,7 @@ class Dispatcher:
             job = self._recount_job = asyncio.create_task(self._recount_round(self.recount))
         elif job.done():
             return False  # counted just now: the count stands
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(job), RECOUNT_WAIT_S)
         return True
 
