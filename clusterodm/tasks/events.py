@@ -282,18 +282,3 @@ class TaskEvents:
 
     def running_count(self) -> int:
         return sum(1 for t in self.tasks.values() if t.ended is None and t.landed is not None)
-
-
-def node_event(key: str, online: bool, why: str = "") -> None:
-    """A node went on or off line (the health monitor calls this on a change only)."""
-    if online:
-        event(log, logging.INFO, f"node {key} online", event="node_online", node=key)
-    else:
-        event(
-            log,
-            logging.WARNING,
-            f"node {key} offline: {why}",
-            event="node_offline",
-            node=key,
-            reason=why,
-        )
