@@ -261,12 +261,15 @@ class TaskManager:
         self._schedule()
 
     async def remove(self, uuid: str) -> None:
-        """Cancel silently, delete the task's folder and forget it."""
+        """Cancel silently, delete the task's folder and forget it. As NodeODM, a task still
+        initialising is removed once its images have moved, so no folder is left behind."""
         self.cancel(uuid, notify=False)
-        init = self._inits.pop(uuid, None)
+        init = self._inits.get(uuid)
         if init is not None:
-            init.cancel()
-        task = self.tasks.pop(uuid)
+            await asyncio.gather(asyncio.shield(init), return_exceptions=True)
+        task = self.tasks.pop(uuid, None)
+        if task is None:  # removed by another request meanwhile
+            return
         await asyncio.to_thread(shutil.rmtree, task.directory, True)
 
     def restart(self, uuid: str, options: list[dict[str, Any]] | None) -> None:

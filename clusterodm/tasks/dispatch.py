@@ -55,6 +55,7 @@ from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.nodes.selection import NodeState, best_node
 from clusterodm.store.base import Store
 from clusterodm.store.staging import Staging
+from clusterodm.tasks import nodeside
 from clusterodm.tasks.events import TaskEvents
 from clusterodm.tasks.pipeline import PIPELINE_META, UploadPipelines
 from clusterodm.tasks.queue import FairTags, fair_order, position
@@ -649,13 +650,15 @@ class Dispatcher:
                 return
             task = self.table.get(uuid) or task
         if task.node_key:
-            # Interrupted mid-forward, or moved off a dead node: prefer another node. The old
-            # one may hold half an upload under this uuid, and a re-init there would keep the
-            # old files beside the new ones.
+            # Interrupted mid-forward (maybe by a crash), an early-forwarded upload whose
+            # pipeline is gone, or moved off a dead node: the node may hold part of the upload
+            # under this uuid. Landed there already (and complete) counts; otherwise whatever
+            # it holds is cleared and another node is preferred (``nodeside``).
             if task.stage is TaskStage.DISPATCHING and await self._already_on(task.node_key, uuid):
                 await self._landed(task, task.node_key)
                 return
             tried.add(task.node_key)
+            await self._clear_quietly(task.node_key, uuid)
         last_error = "no node available"
         for attempt in range(1, self.settings.attempts + 1):
             grant = await self._acquire(task, tried)
@@ -693,6 +696,8 @@ class Dispatcher:
                 log.warning("task %s: forwarding failed: %s", uuid, e.message)
                 if node is not None:
                     tried.add(node.key)
+                    if not isinstance(e, NodeUnreachable):  # it may hold part of the upload
+                        await self._clear_quietly(node.key, uuid)
                     if isinstance(e, NodeUnreachable) and self.on_node_failure:
                         self.on_node_failure(node.key)
                     if node.auto_spawned and self.provisioner is not None:
@@ -757,6 +762,8 @@ class Dispatcher:
         return await self.provisioner.provision(grant.claim, task.uuid, task.images_count)
 
     async def _already_on(self, node_key: str, uuid: str) -> bool:
+        """The node runs the task, committed with every staged image (a commit that landed
+        before a crash). A task there with another count is removed (``nodeside.verify``)."""
         node = self.registry.get(node_key)
         if node is None:
             return False
@@ -764,28 +771,34 @@ class Dispatcher:
             info = await self.client.task_info(node, uuid)
         except NodeError:
             return False
-        return info.get("uuid") == uuid
-
-    async def _already_sent(self, node: Node, uuid: str) -> set[str]:
-        """Images an early-forwarding pipeline already put on ``node`` under ``uuid``."""
-        if self.store is None:
-            return set()
-        raw = await self.store.get_meta(PIPELINE_META + uuid)
+        if info.get("uuid") != uuid:
+            return False
         try:
-            record = json.loads(raw) if raw else {}
-        except ValueError:
-            return set()
-        if not isinstance(record, dict) or record.get("node") != node.key:
-            return set()
-        return {str(n) for n in record.get("sent", [])}
+            await nodeside.verify(self.client, node, uuid, self.staging.files(uuid))
+        except NodeError:
+            return False
+        return True
+
+    async def _clear_quietly(self, node_key: str, uuid: str) -> None:
+        """Best effort: the node keeps nothing of this task (it will not run it). A node out
+        of reach keeps its part until NodeODM drops stale uploads itself."""
+        node = self.registry.get(node_key)
+        if node is None:
+            return
+        try:
+            await nodeside.clear(self.client, node, uuid)
+        except NodeError as e:
+            log.warning("task %s: could not clear %s: %s", uuid, node_key, e.message)
 
     async def _send(self, node: Node, task: TaskEntry) -> None:
-        await self.client.init_task(node, task.uuid, node_fields(task.fields, task.options))
+        """One attempt on ``node``, afresh: clear what it holds of the task, init, send every
+        staged image, commit, and check the count (``nodeside``)."""
         all_files = self.staging.files(task.uuid)
         if not all_files:
             raise NodeRejected("staged images are missing", node.key, no_retry=True)
-        sent = await self._already_sent(node, task.uuid)
-        files = [f for f in all_files if f.name not in sent]
+        await nodeside.clear(self.client, node, task.uuid)
+        await self.client.init_task(node, task.uuid, node_fields(task.fields, task.options))
+        files = all_files
         sem = asyncio.Semaphore(self.settings.parallel_uploads)
 
         async def send_one(path: Path) -> None:
@@ -812,6 +825,7 @@ class Dispatcher:
                 raise first from eg
             raise NodeRejected(str(first), node.key) from eg
         await self.client.commit(node, task.uuid)
+        await nodeside.verify(self.client, node, task.uuid, all_files)
 
     async def _landed(self, task: TaskEntry, node_key: str) -> None:
         """The node has the task: store the route first, then keep or drop the images.

@@ -59,6 +59,7 @@ from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.store.base import Coordination, Store
 from clusterodm.store.staging import sanitize
+from clusterodm.tasks import nodeside
 
 log = logging.getLogger(__name__)
 
@@ -289,19 +290,23 @@ class UploadPipelines:
         if node is None:
             return None
         self.registry.add_transient(node.key)
-        try:
-            await self.client.init_task(node, uuid, dict(fields))
-        except NodeError as e:
-            self.registry.drop_transient(node.key)
-            log.info("task %s: no early forwarding to %s: %s", uuid, node.key, e.message)
-            return None
         pipe = Pipeline(uuid, node)
-        self._pipes[uuid] = pipe
+        # The record names the node before the node holds anything: after a crash, whatever
+        # the node then holds is found and cleared, never left behind (``nodeside``).
         if self.shared:
             await self._merge_record(pipe)  # under the record lock already
         else:
             await self._remember(pipe)
             await self._flush(pipe)  # commit reads the node from it
+        try:
+            await self.client.init_task(node, uuid, dict(fields))
+        except NodeError as e:
+            self.registry.drop_transient(node.key)
+            log.info("task %s: no early forwarding to %s: %s", uuid, node.key, e.message)
+            with contextlib.suppress(StoreError):
+                await self.store.delete_meta(PIPELINE_META + uuid)
+            return None
+        self._pipes[uuid] = pipe
         log.debug("task %s: forwarding images to %s while they arrive", uuid, node.key)
         return pipe
 
@@ -434,10 +439,10 @@ class UploadPipelines:
 
         One instance: the write happens in the background and coalesces (a writer goes round
         until the record holds the newest state, at most one write per ``RECORD_INTERVAL_S``),
-        so no upload waits for the store; ``finish`` and ``close`` wait for it. An image missing
-        from the record after a crash is sent to the node again, which keeps it twice, so a
-        task resumed after a crash prefers another node (``Dispatcher``). Shared store: written
-        at once under the record lock, since other instances act on it.
+        so no upload waits for the store; ``finish`` and ``close`` wait for it. After a crash
+        the record only says which node may hold part of the upload: the dispatch clears it
+        there and sends every image afresh (``nodeside``), preferring another node.
+        Shared store: written at once under the record lock, since other instances act on it.
         """
         if self.shared:
             async with self._record_lock(pipe.uuid):
@@ -512,6 +517,9 @@ class UploadPipelines:
                 raise pipe.error
             await self.client.init_task(pipe.node, uuid, dict(fields))
             await self.client.commit(pipe.node, uuid)
+            # what the node holds is counted, not trusted: an upload that timed out here may
+            # have landed there, and a relay cut off by a frozen node may land late
+            await nodeside.verify(self.client, pipe.node, uuid, files)
             ok = True
             return pipe.node
         finally:
