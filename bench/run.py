@@ -11,6 +11,7 @@ server and printed beside the figures it produced.
     python -m bench --only splitmerge [--against-original]
                                     # ODM's split-merge on real NodeODM nodes: the phase
                                     # times, ours beside the original's (bench/splitmerge.py)
+    python -m bench --only faults   # the proxy killed -9 at random moments (bench/faults.py)
     python -m bench --target URL --node URL [--token T]
                                     # any running cluster (e.g. the Node.js original) in front
                                     # of the node at --node: the figures that need no control
@@ -604,6 +605,13 @@ class Goal:
     ok: bool | None
 
 
+def bench_faults_step(ctx: Context, figures: dict[str, Any]) -> None:
+    """The proxy killed at random moments (``bench/faults.py``); not in the default run."""
+    from bench.faults import bench_faults
+
+    figures.update(bench_faults(8 if ctx.profile.runs == 1 else 25))
+
+
 def _fmt(value: Any, spec: str) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "n/a"
@@ -620,6 +628,12 @@ def goals(f: dict[str, Any]) -> list[Goal]:
         return cond()
 
     out = [
+        Goal(
+            f"kill -9 rounds: {get('faults_kills')} kills, {get('faults_tasks')} tasks",
+            f"{get('faults_images')} images compared, {get('faults_mismatches')} mismatches",
+            "0 mismatches",
+            ok(lambda: f["faults_mismatches"] == 0, "faults_mismatches"),
+        ),
         Goal(
             "GET /task/<uuid>/info req/s, 64 clients",
             f"{_fmt(get('info_rps_cluster'), '.0f')} vs {_fmt(get('info_rps_direct'), '.0f')}"
@@ -790,7 +804,11 @@ STEPS: list[tuple[str, Callable[[Context, dict[str, Any]], None], bool]] = [
     ("many nodes, routes and pollers", bench_load, False),
     ("upload to RUNNING", bench_upload, True),
     ("side by side", bench_side_by_side, False),
+    ("faults: kill -9 rounds", bench_faults_step, False),
 ]
+
+
+ON_DEMAND = {"faults: kill -9 rounds"}  # minutes long: run with ``--only faults``
 
 
 def run_suite(args: argparse.Namespace) -> dict[str, Any]:
@@ -830,6 +848,8 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                 if args.target and not external:
                     continue
                 if args.only and not any(o in name for o in args.only):
+                    continue
+                if name in ON_DEMAND and not args.only:
                     continue
                 t0 = time.monotonic()
                 print(f"-- {name} ...", file=sys.stderr, flush=True)

@@ -34,6 +34,7 @@ class Timeouts:
     api_s: float = 30.0  # small JSON calls forwarded to a node
     connect_s: float = 10.0  # connecting to a node for any call
     stream_read_s: float = 300.0  # idle read on streamed downloads/uploads (no total)
+    poll_s: float = 5.0  # a task poll or a node's /task/list; then the last known state
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,8 +41,9 @@ class NodeClient:
         self.timeouts = timeouts or Timeouts()
         self._session: aiohttp.ClientSession | None = None
         self.rate_limiter = rate_limiter
-        #: forwarded polls; same limits as aiohttp's forwarded requests (``stream_timeout``)
-        self.polls = PollClient(self.timeouts.connect_s, self.timeouts.stream_read_s)
+        #: forwarded polls: a few seconds at most, then the proxy answers what it last knew
+        poll_s = self.timeouts.poll_s
+        self.polls = PollClient(min(self.timeouts.connect_s, poll_s), poll_s)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30)
@@ -150,10 +151,14 @@ class NodeClient:
         return data
 
     async def get_json(
-        self, node: Node, path: NodePath, query: Mapping[str, str] | None = None
+        self,
+        node: Node,
+        path: NodePath,
+        query: Mapping[str, str] | None = None,
+        total_s: float | None = None,
     ) -> Any:
         """Any GET answering JSON; a node's ``{"error"}`` raises NodeRejected."""
-        return await self._json("GET", node, path, query=query)
+        return await self._json("GET", node, path, query=query, total_s=total_s)
 
     async def task_info(self, node: Node, uuid: str) -> dict[str, Any]:
         data = await self._json("GET", node, paths.task(uuid, "info"))

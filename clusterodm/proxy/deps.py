@@ -21,6 +21,7 @@ from clusterodm.tasks.actions import TaskActions
 from clusterodm.tasks.dispatch import Dispatcher
 from clusterodm.tasks.events import TaskEvents
 from clusterodm.tasks.intake import TaskIntake
+from clusterodm.tasks.lastknown import LastKnown
 from clusterodm.tasks.options import Option
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
@@ -72,6 +73,7 @@ class ProxyDeps:
     #: ``/info`` and ``/options`` bodies, kept until their state changes (``answers.py``)
     info_bodies: AnswerCache = field(default_factory=AnswerCache)
     options_bodies: AnswerCache = field(default_factory=AnswerCache)
+    last_known: LastKnown = field(default_factory=LastKnown)
 
 
 DEPS = web.AppKey("deps", ProxyDeps)

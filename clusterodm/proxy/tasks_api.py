@@ -176,28 +176,52 @@ def answered_status(answer: web.StreamResponse) -> int | None:
 
 
 async def _ask_node(
-    request: web.Request, node: Node, path: NodePath, uuid: str, query: dict[str, str]
-) -> web.StreamResponse | TaskEntry:
-    """Forward to the owning node; while it is down, a task whose images are kept is answered
-    by the proxy (still running, as far as the client knows) until failover moves it.
+    request: web.Request,
+    node: Node,
+    action: str,
+    path: NodePath,
+    uuid: str,
+    query: dict[str, str],
+) -> web.StreamResponse:
+    """Forward to the owning node, within the poll limit (``Timeouts.poll_s``). While it is
+    down or does not answer in time, the poll gets the task's last known state, marked as such
+    (``tasks/lastknown.py``), until failover moves it.
 
     A status in an ``info`` answer counts at once in the node's queue count (a task seen
     finished frees its slot, ``NodeRegistry.task_seen``)."""
     d = deps(request)
     held = d.table.get(uuid)
-    if held is not None and not d.registry.is_online(node):
-        return held
+    if not d.registry.is_online(node) and (held is not None or uuid in d.last_known):
+        return _last_known(request, node, action, uuid, held)
     try:
         asked_ms = d.registry.now_ms()
         answer = await forward_poll(request, d.client, node, path, query)
         if path.endswith("/info"):
             d.registry.task_seen(node.key, uuid, answered_status(answer), asked_ms)
-        return answer
     except NodeUnreachable:
         d.registry.record_failure(node.key)
-        if held is None:
+        if held is None and uuid not in d.last_known:
             raise
-        return held
+        return _last_known(request, node, action, uuid, held)
+    if (
+        action == "info"
+        and answer.status == 200
+        and isinstance(answer, web.Response)
+        and isinstance(answer.body, bytes)
+        and "Content-Encoding" not in answer.headers
+    ):
+        d.last_known.note(uuid, answer.body)
+    return answer
+
+
+def _last_known(
+    request: web.Request, node: Node, action: str, uuid: str, held: TaskEntry | None
+) -> web.Response:
+    with_output = _int_query(request, "with_output") if action == "info" else 0
+    info = deps(request).last_known.info(uuid, node.key, held, with_output)
+    if info is None:
+        raise NodeUnreachable(f"Node {node.key} did not answer in time", node.key)
+    return web.json_response(info if action == "info" else info.get("output", []))
 
 
 async def _node_answer_or_entry(
@@ -209,7 +233,8 @@ async def _node_answer_or_entry(
     node, task = await locate(request, uuid, action)
     if node is not None:
         path = _node_path(lambda: paths.task(uuid, action))
-        return await _ask_node(request, node, path, uuid, _passed_query(request, action))
+        query = _passed_query(request, action)
+        return await _ask_node(request, node, action, path, uuid, query)
     assert task is not None
     return task
 

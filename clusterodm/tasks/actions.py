@@ -104,7 +104,9 @@ class TaskActions:
                 known[key] = set()
                 return
             try:
-                listed = await self.client.get_json(node, paths.fixed("/task/list"))
+                listed = await self.client.get_json(
+                    node, paths.fixed("/task/list"), total_s=self.client.timeouts.poll_s
+                )
             except NodeError:
                 known[key] = None
                 return
