@@ -60,6 +60,9 @@ class FailoverSettings:
 
     grace_s: float = 120.0  # a node offline this long loses its unfinished tasks
     check_s: float = 10.0  # how often kept tasks are checked on their nodes
+    #: a node refusing connections this long (two checks at least this far apart) is gone:
+    #: its tasks move at once, without waiting for ``grace_s`` (kept for timeouts)
+    refused_s: float = 5.0
     max_moves: int = 3  # a task moved this many times and failing again is FAILED
 
 

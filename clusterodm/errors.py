@@ -77,3 +77,18 @@ class StoreError(ClusterError):
 
 class CloudError(ClusterError):
     """A cloud provider's API refused or failed."""
+
+
+def refused(error: BaseException) -> bool:
+    """Whether ``error`` (or what it was raised from) is a refused connection: the node's
+    process is gone, as opposed to a node that is slow or frozen."""
+    seen: BaseException | None = error
+    for _ in range(8):  # a short chain; bounded
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        if isinstance(getattr(seen, "os_error", None), ConnectionRefusedError):
+            return True  # aiohttp's ClientConnectorError
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from clusterodm.errors import InvalidRequest, NodeUnreachable
+from clusterodm.errors import InvalidRequest, NodeUnreachable, refused
 from clusterodm.model import Node, TaskEntry, parse_line
 from clusterodm.nodes import paths
 from clusterodm.nodes.paths import QUERY_ALLOWED, NodePath
@@ -191,16 +191,17 @@ async def _ask_node(
     finished frees its slot, ``NodeRegistry.task_seen``)."""
     d = deps(request)
     held = d.table.get(uuid)
-    if not d.registry.is_online(node) and (held is not None or uuid in d.last_known):
+    if held is not None and not d.registry.is_online(node):
         return _last_known(request, node, action, uuid, held)
     try:
         asked_ms = d.registry.now_ms()
         answer = await forward_poll(request, d.client, node, path, query)
         if path.endswith("/info"):
             d.registry.task_seen(node.key, uuid, answered_status(answer), asked_ms)
-    except NodeUnreachable:
+    except NodeUnreachable as e:
         d.registry.record_failure(node.key)
-        if held is None and uuid not in d.last_known:
+        # a refusing node is gone: without kept images (failover) the client must learn it
+        if held is None and (uuid not in d.last_known or refused(e)):
             raise
         return _last_known(request, node, action, uuid, held)
     if (

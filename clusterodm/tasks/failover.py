@@ -1,16 +1,20 @@
 """FailoverMonitor: moves a task off a node that died, was removed, or forgot it.
 
 Tasks whose images are kept (stage LANDED) are checked every few seconds: a node removed by an
-admin, offline past the grace period, or answering that it does not know the task loses it, and
-the task is sent again, under the same uuid, to another node; the client keeps polling the same
-uuid and reads in the output why it restarted. Once the node reports the task ended the images
-are released. Original: the images are deleted once sent, so a dead node takes its tasks down.
+admin, offline past the grace period, refusing connections on two checks some seconds apart
+(its process is gone: no reason to wait for the grace, which stays for nodes that time out, as
+a frozen or overloaded node may come back), or answering that it does not know the task loses
+it, and the task is sent again, under the same uuid, to another node; the client keeps polling
+the same uuid and reads in the output why it restarted. Once the node reports the task ended
+the images are released. Original: the images are deleted once sent, so a dead node takes its
+tasks down.
 With a shared store only the leader instance checks (``leads``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -51,6 +55,7 @@ class FailoverMonitor:
         self.settings = settings
         self.clock = clock
         self._offline_since: dict[str, float] = {}
+        self._refused_since: dict[str, float] = {}
         self.moves = 0
         self.metrics: Metrics | None = None
         #: False while another instance checks for the whole cluster (shared store)
@@ -61,12 +66,15 @@ class FailoverMonitor:
         landed = self.table.landed()
         if not landed:
             return
+        gone = await self._refusing({t.node_key or "" for t in landed})
         now = self.clock()
         online: list[TaskEntry] = []
         for task in landed:
             node = self.registry.get(task.node_key or "")
             if node is None:
                 await self.move(task, f"Node {task.node_key} was removed from the cluster")
+            elif node.key in gone:
+                await self.move(task, f"Node {node.key} refuses connections")
             elif not self.registry.is_online(node):
                 since = self._offline_since.setdefault(node.key, now)
                 if now - since >= self.settings.grace_s:
@@ -77,6 +85,26 @@ class FailoverMonitor:
         async with TaskGroup() as tg:
             for task in online:
                 tg.create_task(self._probe(task))
+
+    async def _refusing(self, keys: set[str]) -> set[str]:
+        """The nodes (of ``keys``) that refused a connection now and at a check at least
+        ``refused_s`` ago, with none accepted in between; each refusal marks the node offline."""
+        nodes = [n for k in keys if (n := self.registry.get(k)) is not None]
+        refused = await asyncio.gather(*(_refuses(n.hostname, n.port) for n in nodes))
+        now = self.clock()
+        gone: set[str] = set()
+        for node, no in zip(nodes, refused, strict=True):
+            if not no:
+                self._refused_since.pop(node.key, None)
+                continue
+            self.registry.record_failure(node.key)
+            since = self._refused_since.setdefault(node.key, now)
+            if now - since >= self.settings.refused_s:
+                gone.add(node.key)
+        for key in list(self._refused_since):
+            if key not in keys:
+                del self._refused_since[key]
+        return gone
 
     async def _probe(self, task: TaskEntry) -> None:
         node = self.registry.get(task.node_key or "")
@@ -138,3 +166,22 @@ class FailoverMonitor:
                 await self.check_once()
             except Exception:
                 log.exception("failover check failed")
+
+
+CONNECT_PROBE_S = 3.0
+
+
+async def _refuses(host: str, port: int) -> bool:
+    """Whether a TCP connection to the node is refused (its process is gone). A timeout or any
+    other failure is not a refusal: that node keeps the longer grace."""
+    try:
+        async with asyncio.timeout(CONNECT_PROBE_S):
+            _, writer = await asyncio.open_connection(host.strip("[]"), port)
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError, ValueError, UnicodeError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return False
