@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -12,11 +13,39 @@ import pytest
 from clusterodm.app import Cluster, start_cluster
 from clusterodm.config import DispatchSettings, Settings
 from clusterodm.simnode import SimNode, SimNodeConfig, start_simnode
+from tests import leaks
 from tests.realnode import RealNode, start_real_node
 from tests.redis_server import RedisServer, flush_all, redis_server_or_skip
 
+leaks.mark_this_process()
+
 SimnodeFactory = Callable[..., Awaitable[SimNode]]
 ClusterFactory = Callable[..., Awaitable[Cluster]]
+
+
+_STARTED_BY: dict[int, str] = {}  # pid -> the test during which it appeared
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session() -> Iterator[None]:
+    """Fails the session when a process started by a test is still running once every fixture
+    is torn down (``tests/leaks.py``); set up first, so torn down last."""
+    yield
+    deadline = time.monotonic() + 5.0  # a process told to stop may take a moment to go
+    while (left := leaks.marked()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if left:
+        lines = [f"{pid} ({_STARTED_BY.get(pid, 'unknown test')}): {c}" for pid, c in left.items()]
+        pytest.fail("processes started by tests outlived them:\n" + "\n".join(lines))
+
+
+@pytest.fixture(autouse=True)
+def _note_started_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Remembers which test started each child process, to name it if it leaks."""
+    before = leaks.children()
+    yield
+    for pid in leaks.children() - before:
+        _STARTED_BY.setdefault(pid, request.node.nodeid)
 
 
 @pytest.fixture

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from clusterodm.app import Cluster
+from clusterodm.autoscale.localproc import LocalProvider
+from clusterodm.errors import CloudError
 from tests.conftest import ClusterFactory, SimnodeFactory
 
 SIMNODE = "{python} -m clusterodm.simnode --port {port} --token {token} --webhook {webhook}"
@@ -30,10 +33,14 @@ def fast(**config: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def asr_cluster(
+async def asr_cluster(
     tmp_path: Path, simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
-) -> AsrClusterFactory:
-    """A cluster with a locked reference node (so every task needs a new machine) and --asr."""
+) -> AsyncIterator[AsrClusterFactory]:
+    """A cluster with a locked reference node (so every task needs a new machine) and --asr.
+
+    Local machines are processes that outlive their cluster on purpose (as cloud machines
+    do); the ones a test's clusters left running are destroyed after it."""
+    clusters: list[Cluster] = []
 
     count = [0]
 
@@ -48,6 +55,14 @@ def asr_cluster(
         ref = await simnode_factory()
         cluster = await cluster_factory([ref], asr=str(path), **overrides)
         await cluster.registry.set_locked(cluster.registry.nodes()[0].key, True)
+        clusters.append(cluster)
         return cluster
 
-    return make
+    yield make
+    for cluster in clusters:
+        asr = cluster.extra.get("autoscaler")
+        provider = getattr(asr, "provider", None)
+        if isinstance(provider, LocalProvider) and asr.cluster_tag:
+            for machine in await provider.list_tagged(asr.cluster_tag):
+                with contextlib.suppress(CloudError):
+                    await provider.destroy(machine)

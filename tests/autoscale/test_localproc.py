@@ -90,6 +90,18 @@ async def test_machine_limit_queues_the_second_task(asr_cluster: AsrClusterFacto
             lambda: cluster.deps.routes.get(second) is not None, timeout_s=20, message="second"
         )
 
+        async def second_done() -> bool:
+            body = await (await s.get(f"{cluster.url}/task/{second}/info")).json()
+            return bool(body.get("status", {}).get("code") == 40)
+
+        await eventually(second_done, timeout_s=20, message="second task completed")
+    # its machine is destroyed after the task, not left running
+    await eventually(
+        lambda: not any(n.auto_spawned for n in cluster.registry.nodes()),
+        timeout_s=20,
+        message="the second machine destroyed",
+    )
+
 
 async def test_node_that_never_comes_online_is_destroyed(asr_cluster: AsrClusterFactory) -> None:
     cluster = await asr_cluster(
