@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 import ssl
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +35,7 @@ from clusterodm.access.users import UsersAccess
 from clusterodm.autoscale import AsrConfig, Autoscaler, load_asr_config, make_provider
 from clusterodm.compat import Runner
 from clusterodm.config import Settings, parse_dns_server
+from clusterodm.errors import StartupError, StoreError
 from clusterodm.metrics import Metrics
 from clusterodm.model import Route
 from clusterodm.nodes.client import NodeClient
@@ -191,7 +196,11 @@ class Cluster:
             ssl_context=ssl_context,
             answer=front,
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            flag = SITE_FLAGS.get(name, "--port")
+            raise StartupError(f"{flag} {port}: cannot listen on it: {_reason(e)}") from None
         self.sites[name] = site
         return site
 
@@ -310,10 +319,18 @@ async def start_cluster(settings: Settings) -> Cluster:
     logsetup.quiet_bad_requests()
     asr = load_asr_config(settings.asr) if settings.asr else None
     data_dir = settings.data_dir
-    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(_writable_dir, data_dir)
     store = build_store(settings)
-    await store.open()
-    await import_legacy(data_dir, store)  # logs what it imported, once
+    try:
+        await store.open()
+    except StoreError as e:
+        flag = f"--store {settings.store}" if settings.store else f"--data-dir {data_dir}"
+        raise StartupError(f"{flag}: {e.message}") from None
+    try:
+        await import_legacy(data_dir, store)  # logs what it imported, once
+    except BaseException:
+        await store.close()
+        raise
 
     limiter = RateLimiter(settings.upload_max_speed) if settings.upload_max_speed else None
     client = NodeClient(settings.timeouts, limiter)
@@ -535,14 +552,18 @@ async def start_admin(cluster: Cluster) -> None:
     s = cluster.settings
     commands = AdminCommands(cluster.deps, cluster.extra.get("autoscaler"))
     if s.admin_cli_port:
-        cli = await start_cli(
-            commands,
-            s.bind,
-            s.admin_cli_port,
-            s.admin_pass,
-            idle_timeout_s=s.admin_cli_idle_s,
-            max_per_address=s.admin_cli_max_per_address,
-        )
+        try:
+            cli = await start_cli(
+                commands,
+                s.bind,
+                s.admin_cli_port,
+                s.admin_pass,
+                idle_timeout_s=s.admin_cli_idle_s,
+                max_per_address=s.admin_cli_max_per_address,
+            )
+        except OSError as e:
+            msg = f"--admin-cli-port {s.admin_cli_port}: cannot listen on it: {_reason(e)}"
+            raise StartupError(msg) from None
         cluster.extra["admin-cli"] = cli
         cluster.closers.append(cli.close)
     if s.admin_web_port:
@@ -625,7 +646,36 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+SITE_FLAGS = {"proxy": "--port", "secure": "--secure-port", "admin-web": "--admin-web-port"}
+
+
+def _reason(e: OSError) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return "address already in use"
+    return e.strerror or str(e) or type(e).__name__
+
+
+def _writable_dir(path: Path) -> None:
+    """``--data-dir`` exists (made if needed) and takes new files; else StartupError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StartupError(f"--data-dir {path}: exists and is not a folder") from None
+    except OSError as e:
+        raise StartupError(f"--data-dir {path}: cannot create it: {_reason(e)}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise StartupError(f"--data-dir {path}: cannot write in it: {_reason(e)}") from None
+
+
 def run(settings: Settings) -> None:
     logsetup.setup(settings.log_level, settings.log_format)
-    with Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve(settings))
+    try:
+        with Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(settings))
+    except StartupError as e:
+        print(f"clusterodm: {e.message}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from clusterodm import __version__
 from clusterodm.config import LOG_FORMATS, LOG_LEVELS, ConfigError, Settings
@@ -57,8 +57,15 @@ _KEYS: dict[str, tuple[str, Any]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming it (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="clusterodm",
         description="A NodeODM-API load balancer and task tracker: one address in front of "
         "many processing nodes.",

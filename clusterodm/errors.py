@@ -92,3 +92,8 @@ def refused(error: BaseException) -> bool:
             return True  # aiohttp's ClientConnectorError
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+class StartupError(ClusterError):
+    """A flag or a file makes start-up impossible; the message is one line that names it
+    (printed without a traceback, exit status 1)."""

@@ -6,10 +6,13 @@ in the store's meta area stops a second import; the files themselves are left un
 original can still be started on them. Imports only the ``Store`` protocol, ``model`` and the
 standard library.
 
-The original can leave an empty or truncated ``nodes.json`` after a crash during its shutdown
-save; such a file is reported and skipped, never fatal. Nothing is marked while neither file
-exists, so a ``nodes.json`` written before a later start (the original's way to pre-populate
-nodes) is still picked up then.
+A file that cannot be used whole (unreadable, not JSON, e.g. empty or truncated by a crash of
+the original during its shutdown save, or not the expected shape) stops start-up with one line
+naming the file and, for bad JSON, the line and column: importing what is left would mark the
+import done and the file would never be read again once fixed. Nothing is marked then, and
+nothing is marked while neither file exists, so a ``nodes.json`` written before a later start
+(the original's way to pre-populate nodes) is still picked up then. Single bad entries in a
+good file are reported and skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from clusterodm.errors import StartupError
 from clusterodm.model import Node, NodeInfo, Route, node_key
 from clusterodm.nodes.address import BadAddress, check_hostname, check_port
 from clusterodm.store.base import Store
@@ -33,7 +37,8 @@ ROUTES_FILE = "routes.json"
 
 
 async def import_legacy(data_dir: Path, store: Store) -> tuple[int, int]:
-    """Import the original's state files once; returns (nodes imported, routes imported)."""
+    """Import the original's state files once; returns (nodes imported, routes imported).
+    StartupError (nothing imported, nothing marked) when a file is there but unusable."""
     if await store.get_meta(MARKER_KEY) is not None:
         return (0, 0)
     nodes_path, routes_path = data_dir / NODES_FILE, data_dir / ROUTES_FILE
@@ -53,35 +58,36 @@ async def import_legacy(data_dir: Path, store: Store) -> tuple[int, int]:
 
 
 class _NoData:
-    """Stands for a file that gave nothing: absent (``_MISSING``) or unreadable (``_UNUSABLE``)."""
+    """Stands for a file that is not there (``_MISSING``)."""
 
 
 _MISSING = _NoData()
-_UNUSABLE = _NoData()
+FIX = "fix or remove the file, then start again"
 
 
 def _read_json(path: Path) -> Any:
-    """Parsed content, ``_MISSING`` if absent, ``_UNUSABLE`` (logged) if empty or corrupt."""
+    """Parsed content, ``_MISSING`` if absent; StartupError if unreadable or not JSON."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return _MISSING
     except (OSError, UnicodeDecodeError) as exc:
-        log.warning("cannot read %s, skipping it: %s", path, exc)
-        return _UNUSABLE
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StartupError(f"{path}: cannot read it ({reason}); {FIX}") from None
     try:
         return json.loads(text)
+    except json.JSONDecodeError as exc:
+        what = "empty" if not text.strip() else f"not valid JSON ({exc.msg})"
+        raise StartupError(f"{path}:{exc.lineno}:{exc.colno}: {what}; {FIX}") from None
     except ValueError as exc:
-        log.warning("%s is empty or corrupt (%s), skipping it", path, exc)
-        return _UNUSABLE
+        raise StartupError(f"{path}: not valid JSON ({exc}); {FIX}") from None
 
 
 def _parse_nodes(data: Any, path: Path) -> list[Node]:
     if isinstance(data, _NoData):
         return []
     if not isinstance(data, list):
-        log.warning("%s is not a list of nodes, skipping it", path)
-        return []
+        raise StartupError(f"{path}: not a list of nodes; {FIX}")
     nodes: list[Node] = []
     for index, entry in enumerate(data):
         try:
@@ -132,8 +138,7 @@ def _parse_routes(data: Any, path: Path) -> list[Route]:
     if isinstance(data, _NoData):
         return []
     if not isinstance(data, dict):
-        log.warning("%s is not a uuid -> route map, skipping it", path)
-        return []
+        raise StartupError(f"{path}: not a map of task uuids to routes; {FIX}")
     routes: list[Route] = []
     for uuid, entry in data.items():
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from clusterodm.errors import StartupError
 from clusterodm.model import Route
 from clusterodm.store.legacy import MARKER_KEY, import_legacy
 from clusterodm.store.sqlite import SqliteStore
@@ -61,25 +62,34 @@ async def test_nothing_to_import_marks_nothing(tmp_path: Path, store: SqliteStor
     assert await store.get_meta(MARKER_KEY) is None
 
 
-@pytest.mark.parametrize("content", ["", "[{", "{}", "null"])
-async def test_unusable_nodes_file_logs_and_continues(
-    data_dir: Path, store: SqliteStore, caplog: pytest.LogCaptureFixture, content: str
+@pytest.mark.parametrize(
+    ("content", "where"),
+    [
+        ("", ":1:1: empty"),
+        ('[\n  {"hostname": "a",\n', ":3:1: not valid JSON"),
+        ("{}", ": not a list"),
+    ],
+)
+async def test_unusable_nodes_file_stops_and_marks_nothing(
+    data_dir: Path, store: SqliteStore, content: str, where: str
 ) -> None:
+    good = (data_dir / "nodes.json").read_text()
     (data_dir / "nodes.json").write_text(content)
-    with caplog.at_level(logging.WARNING, logger="clusterodm.store.legacy"):
-        assert await import_legacy(data_dir, store) == (0, 2)
-    assert "nodes.json" in caplog.text
-    assert await store.list_nodes() == []
-    assert len(await store.list_routes()) == 2
+    with pytest.raises(StartupError) as caught:
+        await import_legacy(data_dir, store)
+    assert f"{data_dir / 'nodes.json'}{where}" in caught.value.message
+    assert await store.get_meta(MARKER_KEY) is None
+    assert await store.list_nodes() == [] and await store.list_routes() == []
+    (data_dir / "nodes.json").write_text(good)  # fixed: imported at the next start
+    assert await import_legacy(data_dir, store) == (2, 2)
 
 
-async def test_corrupt_routes_file_keeps_nodes(
-    data_dir: Path, store: SqliteStore, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_corrupt_routes_file_stops_too(data_dir: Path, store: SqliteStore) -> None:
     (data_dir / "routes.json").write_text('{"78f1')
-    with caplog.at_level(logging.WARNING, logger="clusterodm.store.legacy"):
-        assert await import_legacy(data_dir, store) == (2, 0)
-    assert "routes.json" in caplog.text
+    with pytest.raises(StartupError, match=r"routes\.json:1:2: not valid JSON"):
+        await import_legacy(data_dir, store)
+    assert await store.get_meta(MARKER_KEY) is None
+    assert await store.list_nodes() == []
 
 
 async def test_routes_to_unknown_nodes_are_kept_with_a_warning(
