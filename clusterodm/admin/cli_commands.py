@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from clusterodm.admin.commands import AdminCommands, NodeOutOfRange, NodeView
+from clusterodm.admin.commands import AdminCommands, NodeBusy, NodeOutOfRange, NodeView
 from clusterodm.errors import ClusterError, NodeError, TaskNotFound
 from clusterodm.nodes.address import BadAddress
 from clusterodm.nodes.discovery import NodeIsDiscovered
@@ -105,12 +105,18 @@ async def _node_add(cmds: AdminCommands, args: list[str]) -> list[str]:
     return OK  # a duplicate raises InvalidRequest: FAIL, as the original
 
 
-@command("NODE DEL", "<node number>", "Remove a node")
+@command(
+    "NODE DEL",
+    "<node number> [--force]",
+    "Remove a node (a busy one only with --force; NODE LOCK drains it first)",
+)
 async def _node_del(cmds: AdminCommands, args: list[str]) -> list[str]:
     _need(args, 1)
+    if any(a != "--force" for a in args[1:]):
+        return INVALID  # only --force may follow the node number
     try:
-        await cmds.node_del(_number(args[0], "node number", FAIL))
-    except NodeIsDiscovered as e:
+        await cmds.node_del(_number(args[0], "node number", FAIL), force="--force" in args[1:])
+    except (NodeIsDiscovered, NodeBusy) as e:
         log.info("admin CLI: NODE DEL refused: %s", e.message)
         return [e.message, *FAIL]  # the reason, then the reply scripts look for
     return OK

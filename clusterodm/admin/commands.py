@@ -49,6 +49,15 @@ class NodeOutOfRange(ClusterError):
     """No node has this number (the CLI answers as the original per command, the web ``false``)."""
 
 
+class NodeBusy(ClusterError):
+    """NODE DEL of a node that still runs tasks of the cluster, without ``--force``: removing
+    it would start those tasks again elsewhere while the node goes on with them."""
+
+    def __init__(self, message: str, uuids: list[str]) -> None:
+        super().__init__(message)
+        self.uuids = uuids
+
+
 class ViewCommand(Protocol):
     """What the admin needs from an autoscaler: the command it would run to create a machine."""
 
@@ -183,17 +192,88 @@ class AdminCommands:
         current = reg.get(node.key) or node
         return NodeView(reg.number_of(node.key), current, reg.is_online(current))
 
-    async def node_del(self, number: int) -> NodeView:
-        """Remove a node and its routes (the store drops them; memory is cleared here)."""
+    async def node_del(self, number: int, force: bool = False) -> NodeView:
+        """Remove a node and its routes (the store drops them; memory is cleared here).
+
+        A node still running tasks of the cluster is not removed unless ``force``: NodeBusy
+        says how many and points to NODE LOCK (drain: no new tasks, then remove it once they
+        end). With ``force`` the tasks whose images are kept move to other nodes (failover) and
+        are cancelled and removed on this one first, so none runs twice; a task whose images
+        are not kept cannot move and is left running there (its route goes with the node).
+        A node that does not answer is removed at once: its kept tasks move as from a dead node.
+        """
         view = self.node(number)
         if view.node.discovered:
             raise NodeIsDiscovered(
                 f"Node {view.name} comes from {view.node.discovered}: it leaves when DNS stops "
                 "listing it (NODE LOCK stops new tasks)"
             )
-        await self.deps.registry.remove(view.node.key)
-        self.deps.routes.forget_node(view.node.key)
+        node = view.node
+        busy = await self._unfinished_on(node)
+        if busy and not force:
+            raise NodeBusy(
+                f"node {number} ({node.key}) runs {len(busy)} unfinished task(s): NODE LOCK "
+                f"{number} to drain it and NODE DEL {number} once they end, or NODE DEL "
+                f"{number} --force to move them now (they are cancelled there)",
+                busy,
+            )
+        kept = {t.uuid for t in self.deps.table.landed() if t.node_key == node.key}
+        movable = [u for u in busy if u in kept]
+        sem = asyncio.Semaphore(TASK_QUERY_CONCURRENCY)
+
+        async def take_off(uuid: str) -> None:
+            async with sem:
+                for action in ("cancel", "remove"):
+                    try:
+                        await asyncio.wait_for(
+                            self.deps.client.action(node, action, uuid, {}), TASK_QUERY_TIMEOUT_S
+                        )
+                    except (NodeError, TimeoutError) as e:
+                        log.warning(
+                            "task %s: %s on removed node %s failed: %s", uuid, action, node.key, e
+                        )
+
+        await asyncio.gather(*(take_off(u) for u in movable))
+        await self.deps.registry.remove(node.key)
+        self.deps.routes.forget_node(node.key)
+        if busy:
+            log.warning(
+                "node %s removed with --force: %d task(s) move, %d cannot (images not kept)",
+                node.key,
+                len(movable),
+                len(busy) - len(movable),
+            )
         return view
+
+    async def _unfinished_on(self, node: Node) -> list[str]:
+        """The cluster's tasks the node reports queued or running; [] if it does not answer."""
+        ours = {r.uuid for r in self.deps.routes.all() if r.node_key == node.key}
+        ours |= {t.uuid for t in self.deps.table.landed() if t.node_key == node.key}
+        if not ours:
+            return []
+        try:
+            listed = await asyncio.wait_for(
+                self.deps.client.get_json(node, "/task/list"), TASK_QUERY_TIMEOUT_S
+            )
+        except (NodeError, TimeoutError):
+            return []
+        there = {str(x.get("uuid")) for x in listed if isinstance(x, dict)} & ours
+        sem = asyncio.Semaphore(TASK_QUERY_CONCURRENCY)
+
+        async def running(uuid: str) -> bool:
+            async with sem:
+                try:
+                    info = await asyncio.wait_for(
+                        self.deps.client.task_info(node, uuid), TASK_QUERY_TIMEOUT_S
+                    )
+                except (NodeError, TimeoutError):
+                    return True  # it is there; unknown state counts as unfinished
+            code = info.get("status", {}).get("code") if isinstance(info, dict) else None
+            return code in (int(TaskStatus.QUEUED), int(TaskStatus.RUNNING))
+
+        uuids = sorted(there)
+        flags = await asyncio.gather(*(running(u) for u in uuids))
+        return [u for u, busy in zip(uuids, flags, strict=True) if busy]
 
     async def node_lock(self, number: int, locked: bool = True) -> NodeView:
         view = self.node(number)

@@ -242,7 +242,7 @@ async def node_delete(request: web.Request) -> web.Response:
     cmds = request.app[COMMANDS]
     if not _check_name(cmds, number, body):
         return web.json_response(False)
-    await cmds.node_del(number)
+    await cmds.node_del(number, force=body.get("force") is True)
     return web.json_response(True)
 
 

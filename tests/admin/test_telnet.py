@@ -254,7 +254,11 @@ async def test_node_del_forgets_its_routes(
     cluster = await cluster_factory([await simnode_factory(test_seconds=30)])
     uuid = await make_task(cluster)
     client, _ = await TelnetClient.connect((await cli_factory(cluster)).port)
-    assert await client.cmd("NODE DEL 1") == ["OK"]
+    refused = await client.cmd("NODE DEL 1")  # the node still runs the task
+    assert refused[-1] == "FAIL" and "NODE LOCK 1" in refused[0] and "--force" in refused[0]
+    assert cluster.deps.routes.get(uuid) is not None
+    assert await client.cmd("NODE DEL 1 --forge") == ["INVALID"]
+    assert await client.cmd("NODE DEL 1 --force") == ["OK"]
     assert cluster.deps.routes.get(uuid) is None
     assert await client.cmd(f"ROUTE INFO {uuid}") == ["INVALID"]
     await client.close()
