@@ -54,6 +54,7 @@ async def _setup(kind: str, early: bool, count: int, seed: int, rounds: int, tal
     tally.mismatches += part.mismatches
     tally.retried_copies += part.retried_copies
     tally.problems += part.problems
+    tally.info_worst_s = max(tally.info_worst_s, part.info_worst_s)
     name = f"{kind}, {'early forwarding' if early else 'staged'}, {count} node(s)"
     print(f"   {name}: {part.line()}", file=sys.stderr, flush=True)
 
@@ -90,4 +91,5 @@ def bench_faults(rounds: int) -> dict[str, Any]:
         "faults_mismatches": tally.mismatches,
         "faults_retried_copies": tally.retried_copies,
         "faults_seed": seed,
+        "faults_info_worst_s": round(tally.info_worst_s, 3),
     }

@@ -83,6 +83,7 @@ class Tally:
     images: int = 0
     mismatches: int = 0
     retried_copies: int = 0  # allowed second copies of an image whose request the kill cut
+    info_worst_s: float = 0.0  # slowest /info right after a restart
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -315,6 +316,10 @@ async def run_round(
             tally.kills += 1
             await proxy.kill()
             await proxy.start()
+            started = time.monotonic()
+            async with s.get(f"{proxy.url}/info", timeout=aiohttp.ClientTimeout(total=10)) as r:
+                await r.read()
+            tally.info_worst_s = max(tally.info_worst_s, time.monotonic() - started)
 
         jobs: set[asyncio.Task[None]] = set()
         if not kill:
