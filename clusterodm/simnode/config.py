@@ -26,3 +26,4 @@ class SimNodeConfig:
     hang: bool = False  # every request waits (no answer) until turned off or the node stops
     garbage: bool = False  # every request answers 200 with a non-JSON body
     drop_uploads_after: int | None = None  # after N good upload requests, uploads get HTTP 500
+    hang_uploads: bool = False  # uploads are stored, then their answer waits until turned off

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ _SET_UUID = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-7][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.IGNORECASE
 )
 _NOT_FOUND = "Invalid uuid (not found)"
+_HANG_POLL_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,9 @@ async def upload(request: web.Request) -> web.Response:
     if not files:
         raise ApiError("Need at least 1 file.", noRetry=True)
     context.good_uploads += 1
+    # fault knob: the images are kept, the answer is late (a sender that gave up resends them)
+    while config.hang_uploads and not context.stopping.is_set():  # noqa: ASYNC110
+        await asyncio.sleep(_HANG_POLL_S)
     return json_response({"success": True})
 
 

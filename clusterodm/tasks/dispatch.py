@@ -216,6 +216,9 @@ class Dispatcher:
         self.recount: Callable[[], Coroutine[Any, Any, None]] | None = None
         self._recount_job: asyncio.Task[None] | None = None
         self._recounted = -RECOUNT_FRESH_S  # monotonic time the last recount ended
+        #: nodes that may hold part of a task they will not run (out of reach when it moved on),
+        #: cleared once they answer again (``clear_leftovers``); memory only
+        self._leftovers: dict[str, set[str]] = {}
 
     # --- jobs ----------------------------------------------------------------------------
     def submit(self, uuid: str) -> None:
@@ -696,7 +699,9 @@ class Dispatcher:
                 log.warning("task %s: forwarding failed: %s", uuid, e.message)
                 if node is not None:
                     tried.add(node.key)
-                    if not isinstance(e, NodeUnreachable):  # it may hold part of the upload
+                    if isinstance(e, NodeUnreachable):  # may hold part of it: cleared later
+                        self._leftovers.setdefault(uuid, set()).add(node.key)
+                    else:
                         await self._clear_quietly(node.key, uuid)
                     if isinstance(e, NodeUnreachable) and self.on_node_failure:
                         self.on_node_failure(node.key)
@@ -787,8 +792,37 @@ class Dispatcher:
             return
         try:
             await nodeside.clear(self.client, node, uuid)
+        except NodeUnreachable as e:
+            log.warning("task %s: could not clear %s yet: %s", uuid, node_key, e.message)
+            self._leftovers.setdefault(uuid, set()).add(node_key)
         except NodeError as e:
             log.warning("task %s: could not clear %s: %s", uuid, node_key, e.message)
+
+    async def clear_leftovers(self) -> None:
+        """Clear what nodes that were out of reach may still hold of tasks they do not run,
+        once they are online again; never the node a task runs on, nor while it is being sent
+        (its own attempt clears the node it goes to)."""
+        for uuid, keys in list(self._leftovers.items()):
+            task = self.table.get(uuid)
+            if task is not None and task.stage in PENDING:
+                continue
+            route = self.routes.get(uuid)
+            for key in list(keys):
+                node = self.registry.get(key)
+                if node is None or (route is not None and route.node_key == key):
+                    keys.discard(key)
+                    continue
+                if not self.registry.is_online(node):
+                    continue
+                try:
+                    await nodeside.clear(self.client, node, uuid)
+                except NodeUnreachable:
+                    continue
+                except NodeError as e:  # it answers, but not as NodeODM: nothing more to do
+                    log.warning("task %s: could not clear %s: %s", uuid, key, e.message)
+                keys.discard(key)
+            if not keys:
+                self._leftovers.pop(uuid, None)
 
     async def _send(self, node: Node, task: TaskEntry) -> None:
         """One attempt on ``node``, afresh: clear what it holds of the task, init, send every

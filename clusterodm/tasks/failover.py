@@ -63,6 +63,7 @@ class FailoverMonitor:
         self.events = TaskEvents()  # app.py shares the cluster's
 
     async def check_once(self) -> None:
+        await self.dispatcher.clear_leftovers()
         landed = self.table.landed()
         if not landed:
             return

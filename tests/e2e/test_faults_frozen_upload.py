@@ -10,14 +10,16 @@ late relay beside them. ``/info`` answers within a second while the node is froz
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import FormData
 
-from clusterodm.config import DispatchSettings, Timeouts
+from clusterodm.config import DispatchSettings, FailoverSettings, Timeouts
 from tests.conftest import ClusterFactory
 from tests.e2e.test_faults_polls import freeze, thaw
 from tests.faultkit import held, staged_dir
@@ -83,3 +85,47 @@ async def completes(s: aiohttp.ClientSession, url: str, uuid: str) -> None:
         return bool(body.get("status", {}).get("code") == 40)
 
     await eventually(completed, timeout_s=60, message="task completed after the node resumed")
+
+
+async def test_node_out_of_reach_during_an_attempt_is_cleared_once_back(
+    simnode_factory: Any, cluster_factory: ClusterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attempt on a node whose uploads are answered too late fails, and the task goes to
+    another node; the first node kept part of the upload and is cleared once it answers again:
+    it holds nothing of a task it does not run."""
+    slow = await simnode_factory(test_seconds=0.2)
+    cluster = await cluster_factory(
+        [slow],
+        timeouts=Timeouts(api_s=1.0, stream_read_s=1.0, poll_s=1.0),
+        dispatch=DispatchSettings(backoff_base_s=0.05, backoff_max_s=0.2, early_forwarding=False),
+        failover=FailoverSettings(check_s=0.2),
+    )
+    url, key = cluster.url, f"{slow.host}:{slow.port}"
+    caplog.set_level(logging.INFO, logger="clusterodm.tasks.nodeside")
+    async with aiohttp.ClientSession() as s:
+        r = await s.post(f"{url}/task/new/init", data=FormData({"name": "moves"}))
+        uuid = (await r.json())["uuid"]
+        await upload(s, url, uuid, "p0.jpg")
+        await upload(s, url, uuid, "p1.jpg")
+        slow.config.hang_uploads = True  # keeps what it is sent, answers too late
+        try:
+            r = await s.post(f"{url}/task/new/commit/{uuid}")
+            assert await r.json() == {"uuid": uuid}
+            await eventually(
+                lambda: (t := cluster.deps.table.get(uuid)) is not None and t.node_key == key,
+                message="the first attempt goes to the hanging node",
+            )
+            other = await simnode_factory(test_seconds=0.2)
+            added = await cluster.registry.add(other.host, other.port)
+            await cluster.deps.health.refresh(added)
+            await completes(s, url, uuid)
+        finally:
+            slow.config.hang_uploads = False
+    expected = {n: hashlib.sha256(IMAGES[n]).hexdigest() for n in ("p0.jpg", "p1.jpg")}
+    assert held(other, uuid) == expected
+    await eventually(
+        lambda: not staged_dir(slow, uuid).exists() and held(slow, uuid) is None,
+        timeout_s=15,
+        message="the node that does not run the task holds nothing of it",
+    )
+    assert f"removed what {key} held" in caplog.text, "it did hold part of the upload"
