@@ -786,7 +786,7 @@ class Dispatcher:
 
     async def _clear_quietly(self, node_key: str, uuid: str) -> None:
         """Best effort: the node keeps nothing of this task (it will not run it). A node out
-        of reach keeps its part until NodeODM drops stale uploads itself."""
+        of reach is cleared once it answers again (``clear_leftovers``)."""
         node = self.registry.get(node_key)
         if node is None:
             return

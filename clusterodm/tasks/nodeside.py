@@ -50,8 +50,11 @@ async def clear(client: NodeClient, node: Node, uuid: str) -> None:
 
 
 def count_matches(info: dict[str, Any], files: list[Path]) -> bool:
-    """Whether the node's ``imagesCount`` is the number of files staged for the task."""
+    """Whether the node's ``imagesCount`` is the number of files staged for the task. A node
+    that does not report a count (not NodeODM's API) cannot be checked: taken as it is."""
     count = info.get("imagesCount")
+    if count is None:
+        return True
     if not isinstance(count, int) or isinstance(count, bool):
         return False
     images = sum(1 for f in files if not _NOT_IMAGES.match(f.name))
