@@ -25,6 +25,7 @@ from clusterodm import __version__
 from clusterodm.compat import timeout
 from clusterodm.errors import ClusterError, InvalidRequest, NodeError, TaskNotFound
 from clusterodm.model import Node, Route, TaskEntry, TaskStatus
+from clusterodm.nodes import paths
 from clusterodm.nodes.address import check_port
 from clusterodm.nodes.discovery import NodeIsDiscovered
 from clusterodm.proxy.deps import ProxyDeps
@@ -253,7 +254,7 @@ class AdminCommands:
             return []
         try:
             listed = await asyncio.wait_for(
-                self.deps.client.get_json(node, "/task/list"), TASK_QUERY_TIMEOUT_S
+                self.deps.client.get_json(node, paths.fixed("/task/list")), TASK_QUERY_TIMEOUT_S
             )
         except (NodeError, TimeoutError):
             return []
