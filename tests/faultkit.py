@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import FormData
 
+from clusterodm.compat import timeout
 from tests.redis_server import free_port
 
 LISTENING = re.compile(r"listening on port (\d+)")
@@ -122,7 +123,7 @@ class Proxy:
         )
         assert self.proc.stderr is not None
         lines: list[str] = []
-        async with asyncio.timeout(30):
+        async with timeout(30):
             while True:
                 raw = await self.proc.stderr.readline()
                 if not raw:
@@ -151,9 +152,9 @@ class Proxy:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.terminate()
             try:
-                async with asyncio.timeout(10):
+                async with timeout(10):
                     await self.proc.wait()
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):
                 await self.kill()
         await self.kill()
 
@@ -193,7 +194,7 @@ class Client:
                 return body
             except aiohttp.ClientConnectorError:
                 pass  # not sent: the proxy is down
-            except (aiohttp.ClientError, TimeoutError, ValueError):
+            except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, ValueError):
                 if cut is not None:
                     cut.append(True)
             await asyncio.sleep(RETRY_PAUSE_S)

@@ -229,7 +229,7 @@ class AdminCommands:
                         await asyncio.wait_for(
                             self.deps.client.action(node, action, uuid, {}), TASK_QUERY_TIMEOUT_S
                         )
-                    except (NodeError, TimeoutError) as e:
+                    except (NodeError, TimeoutError, asyncio.TimeoutError) as e:
                         log.warning(
                             "task %s: %s on removed node %s failed: %s", uuid, action, node.key, e
                         )
@@ -256,7 +256,7 @@ class AdminCommands:
             listed = await asyncio.wait_for(
                 self.deps.client.get_json(node, paths.fixed("/task/list")), TASK_QUERY_TIMEOUT_S
             )
-        except (NodeError, TimeoutError):
+        except (NodeError, TimeoutError, asyncio.TimeoutError):
             return []
         there = {str(x.get("uuid")) for x in listed if isinstance(x, dict)} & ours
         sem = asyncio.Semaphore(TASK_QUERY_CONCURRENCY)
@@ -267,7 +267,7 @@ class AdminCommands:
                     info = await asyncio.wait_for(
                         self.deps.client.task_info(node, uuid), TASK_QUERY_TIMEOUT_S
                     )
-                except (NodeError, TimeoutError):
+                except (NodeError, TimeoutError, asyncio.TimeoutError):
                     return True  # it is there; unknown state counts as unfinished
             code = info.get("status", {}).get("code") if isinstance(info, dict) else None
             return code in (int(TaskStatus.QUEUED), int(TaskStatus.RUNNING))

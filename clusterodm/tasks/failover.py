@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from clusterodm.compat import TaskGroup
+from clusterodm.compat import TaskGroup, timeout
 from clusterodm.config import FailoverSettings
 from clusterodm.errors import NodeError, NodeRejected
 from clusterodm.metrics import Metrics
@@ -176,11 +176,11 @@ async def _refuses(host: str, port: int) -> bool:
     """Whether a TCP connection to the node is refused (its process is gone). A timeout or any
     other failure is not a refusal: that node keeps the longer grace."""
     try:
-        async with asyncio.timeout(CONNECT_PROBE_S):
+        async with timeout(CONNECT_PROBE_S):
             _, writer = await asyncio.open_connection(host.strip("[]"), port)
     except ConnectionRefusedError:
         return True
-    except (OSError, TimeoutError, ValueError, UnicodeError):
+    except (OSError, TimeoutError, asyncio.TimeoutError, ValueError, UnicodeError):
         return False
     writer.close()
     with contextlib.suppress(OSError):
