@@ -179,8 +179,10 @@ class NodeClient:
         return uuid
 
     async def upload(self, node: Node, uuid: str, path: Path, name: str | None = None) -> None:
-        """Send one staged file, streamed from disk, in field ``images``."""
-        form = aiohttp.FormData()
+        """Send one staged file, streamed from disk, in field ``images``. The name goes out as
+        it is, quoted (NodeODM does not undo percent-encoding: ``a b.jpg`` would be kept as
+        ``a%20b.jpg``)."""
+        form = aiohttp.FormData(quote_fields=False)
         form.add_field(
             "images",
             _file_sender(path, self.rate_limiter),
