@@ -21,7 +21,7 @@ import os
 import secrets
 import shutil
 import unicodedata
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -80,6 +80,17 @@ def _cap_bytes(name: str, limit: int) -> str:
         stem, ext = name, ""
     room = limit - len(ext.encode())
     return stem.encode()[:room].decode(errors="ignore") + ext
+
+
+def free_name(filename: str, taken: Callable[[str], bool]) -> str:
+    """The name ``save`` would give ``filename`` now: sanitised, then the first clash candidate
+    that ``taken`` refuses. Lets a name be chosen before the file's bytes arrive (an upload
+    relayed to a node carries it in the part's headers)."""
+    name = sanitize(filename)
+    for candidate in _candidates(name):
+        if not taken(candidate):
+            return candidate
+    raise InvalidRequest(f"too many files named like {name[:80]}")
 
 
 def _candidates(name: str) -> Iterator[str]:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import re
 import time
 import uuid as uuidlib
@@ -259,17 +260,15 @@ class TaskIntake:
     async def upload(self, user: User, uuid: str, body: UploadBody) -> int:
         """Stream files into staging; answers how many were saved.
 
-        With a pipeline open for the upload, the request's raw body goes on to the node as it
-        arrives (a relay); when it cannot (body already partly read, upload speed capped),
-        each staged file is sent on from disk instead.
+        With a pipeline open for the upload, the request's files go on to the node as they
+        arrive (a relay, each under the name it is staged under); when they cannot (body
+        already partly read, upload speed capped), each staged file is sent on from disk.
         """
         upload = await self._upload_of(user, uuid)
         pipelines = await self._pipeline_for(upload)
         relay = None
-        if pipelines is not None and body.tappable:
-            relay = pipelines.relay(uuid, body.content_type, body.content_length)
-            if relay is not None:
-                body.tap(relay.feed)
+        if pipelines is not None and body.tappable:  # not /task/new: its fields come first
+            relay = pipelines.relay(uuid)
         saved: list[tuple[str, str]] = []  # (name sent by the client, name staged)
         busy = pipelines.uploading(uuid) if pipelines is not None else contextlib.nullcontext()
         try:
@@ -303,8 +302,12 @@ class TaskIntake:
                 async for _ in part.chunks:
                     pass
                 continue
-            chunks = part.chunks if relay is None else _failing_with(relay, part.chunks)
-            stored = await self.staging.save(uuid, part.filename, chunks)
+            name, chunks = part.filename, part.chunks
+            if relay is not None:
+                assert self.pipelines is not None
+                name = self.pipelines.name(relay, name, self._staged(uuid))
+                chunks = _relayed(relay, chunks)
+            stored = await self.staging.save(uuid, name, chunks)
             saved.append((part.filename, stored))
             if relay is None and self.pipelines is not None:
                 self.pipelines.file_saved(uuid, self.staging.path(uuid) / stored)
@@ -313,6 +316,11 @@ class TaskIntake:
             return
         if not saved:
             raise InvalidRequest("Need at least 1 file.")
+
+    def _staged(self, uuid: str) -> Callable[[str], bool]:
+        """Whether a file of this name is staged for the upload."""
+        folder = self.staging.path(uuid)
+        return lambda name: os.path.lexists(folder / name)
 
     async def _note_over_limit(self, uuid: str) -> None:
         """Images beyond the user's ``max_images`` arrived: the task is refused at commit.
@@ -428,11 +436,13 @@ def _total_size(files: list[Path]) -> int:
     return total
 
 
-async def _failing_with(relay: Relay, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``chunks``, failing the relay the moment the client's body breaks off: before staging
-    drops the half file, after which the client may already send it again."""
+async def _relayed(relay: Relay, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``chunks``, each fed to the relay too; failing the relay the moment the client's body
+    breaks off: before staging drops the half file, after which the client may already send
+    it again."""
     try:
         async for chunk in chunks:
+            await relay.feed(chunk)
             yield chunk
     except BaseException:
         relay.fail()

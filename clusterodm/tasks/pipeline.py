@@ -46,10 +46,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 
 from clusterodm.config import DispatchSettings
@@ -58,7 +60,7 @@ from clusterodm.model import Node
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.store.base import Coordination, Store
-from clusterodm.store.staging import sanitize
+from clusterodm.store.staging import free_name
 from clusterodm.tasks import nodeside
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ class Pipeline:
     uuid: str
     node: Node
     sent: set[str] = field(default_factory=set)
+    taken: set[str] = field(default_factory=set)  # names given to relayed files (``name``)
     jobs: set[asyncio.Task[None]] = field(default_factory=set)
     error: NodeError | None = None
     last_activity: float = field(default_factory=time.monotonic)
@@ -122,29 +125,55 @@ class PipelineRecord:
 
 
 class Relay:
-    """One client upload request's raw body on its way to the pipeline's node.
+    """One client upload request's files on their way to the pipeline's node, in a multipart
+    body of their own whose parts carry the names the files are staged under.
 
-    ``feed`` is called with each chunk the client sent, before the proxy parses it; the
-    chunks are written to the node by a request of their own (``job``). A node that fails
-    makes ``feed`` a no-op, so the client's upload goes on into staging regardless.
+    Each file's name is chosen when its part's headers arrive (``begin``): the first one free
+    in the staging folder and among the names other relays of the task have taken. The node
+    therefore never meets a clash: NodeODM picks a free name before it writes, so two
+    same-named files reaching it at once could both take ``a_.jpg`` and one be lost (#14).
+    ``feed`` is called with each chunk of the file's data as it is staged; the body is written
+    to the node by a request of its own (``job``). A node that fails makes ``begin`` and
+    ``feed`` no-ops, so the client's upload goes on into staging regardless.
     """
 
-    def __init__(self, pipe: Pipeline, send: Callable[[AsyncIterator[bytes]], Awaitable[None]]):
+    def __init__(
+        self, pipe: Pipeline, send: Callable[[AsyncIterator[bytes], str], Awaitable[None]]
+    ):
         self.pipe = pipe
+        self.names: list[str] = []  # sent to the node, in order
+        self._boundary = secrets.token_hex(16)
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._closed = False
         self._more = asyncio.Event()
         self._room = asyncio.Event()
-        self.job = asyncio.ensure_future(send(self._body()))
+        content_type = f"multipart/form-data; boundary={self._boundary}"
+        self.job = asyncio.ensure_future(send(self._body(), content_type))
         self.job.add_done_callback(lambda _: self._room.set())
 
-    async def feed(self, chunk: bytes) -> None:
+    def begin(self, name: str) -> None:
+        """A file part named ``name`` (already sanitised: no control characters) starts."""
+        self.names.append(name)
+        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+        head = "\r\n" if len(self.names) > 1 else ""
+        head += (
+            f"--{self._boundary}\r\n"
+            f'Content-Disposition: form-data; name="images"; filename="{quoted}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
+        self._push(head.encode())
+
+    def _push(self, data: bytes) -> None:
         if self.job.done():
             return
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
+        self._chunks.append(data)
+        self._buffered += len(data)
         self._more.set()
+
+    async def feed(self, chunk: bytes) -> None:
+        """Data of the current file part; waits while the node lags too far behind."""
+        self._push(chunk)
         while self._buffered > RELAY_BUFFER_BYTES and not self.job.done():
             self._room.clear()
             await self._room.wait()
@@ -162,7 +191,9 @@ class Relay:
             yield chunk
 
     def close(self) -> None:
-        """The whole body was fed."""
+        """Every file was fed: the closing boundary ends the body."""
+        if self.names:
+            self._push(f"\r\n--{self._boundary}--\r\n".encode())
         self._closed = True
         self._more.set()
 
@@ -343,21 +374,34 @@ class UploadPipelines:
         log.info("task %s: upload resumed, %s has no free slot now", pipe.uuid, pipe.node.key)
         return False
 
-    def relay(self, uuid: str, content_type: str, length: int | None) -> Relay | None:
-        """Start relaying an upload request's body to the pipeline's node; None if there is
+    def relay(self, uuid: str) -> Relay | None:
+        """Start relaying an upload request's files to the pipeline's node; None if there is
         no usable pipeline or uploads to nodes are speed-capped (then ``file_saved``)."""
         pipe = self._pipes.get(uuid)
         if pipe is None or self.client.rate_limiter is not None or not self._usable(pipe):
             return None
         pipe.last_activity = time.monotonic()
 
-        async def send(body: AsyncIterator[bytes]) -> None:
-            await self.client.upload_body(pipe.node, uuid, body, content_type, length)
+        async def send(body: AsyncIterator[bytes], content_type: str) -> None:
+            await self.client.upload_body(pipe.node, uuid, body, content_type, None)
 
         relay = Relay(pipe, send)
         pipe.jobs.add(relay.job)
         relay.job.add_done_callback(pipe.jobs.discard)
         return relay
+
+    def name(self, relay: Relay, filename: str, staged: Callable[[str], bool]) -> str:
+        """Choose the name a relayed file is staged under, and send its part's headers.
+
+        The first of ``filename``'s clash candidates that is neither staged (``staged``) nor
+        given to another relayed file of the task; staging then keeps that name unless a file
+        not relayed took it meanwhile, which ``_settle`` sees (the pipeline ends).
+        """
+        pipe = relay.pipe
+        name = free_name(filename, lambda n: n in pipe.taken or staged(n))
+        pipe.taken.add(name)
+        relay.begin(name)
+        return name
 
     async def relayed(self, uuid: str, relay: Relay, saved: list[tuple[str, str]]) -> None:
         """The request's files are staged; its relay may still be sending to the node.
@@ -396,14 +440,15 @@ class UploadPipelines:
             return  # dropped meanwhile (``finish`` only takes it out of the table: it waits)
         # Recorded even once the pipeline has failed: if the task then goes to this node again,
         # what it already holds is not sent twice (NodeODM would keep both copies).
-        changed = [name for name, _ in saved if sanitize(name) != name]
-        if changed:
-            msg = f"image name {changed[0][:80]!r} is stored under another name"
+        stored = [name for _, name in saved]
+        if stored != relay.names:
+            moved = next(p for p in zip_longest(relay.names, stored, fillvalue="") if p[0] != p[1])
+            msg = f"image {moved[0][:80]!r} was staged as {moved[1][:80]!r}"
             pipe.error = pipe.error or NodeRejected(msg, pipe.node.key)
             await self._failed(pipe)
             return
         pipe.last_activity = time.monotonic()
-        pipe.sent.update(stored for _, stored in saved)
+        pipe.sent.update(stored)
         await self._remember(pipe)
 
     def file_saved(self, uuid: str, path: Path) -> None:

@@ -329,33 +329,93 @@ async def test_a_node_with_a_token(
                 assert "error" in await r.json()  # the cluster's own token is still asked
 
 
-async def test_duplicate_names_are_all_kept_and_renamed_as_nodeodm_does(
-    node_factory, cluster_factory: ClusterFactory
+async def upload_form(
+    s: aiohttp.ClientSession, url: str, files: list[tuple[str, bytes]], **params: str
 ) -> None:
-    """Without early forwarding: with it, the relays of two uploads may reach NodeODM at once,
-    and its rename of a clash races (two files can take the same new name); see the known
-    limits in docs/design.md."""
+    """One upload request; the file names go out as they are (quoted, not percent-encoded)."""
+    form = FormData(quote_fields=False)
+    for name, data in files:
+        form.add_field("images", data, filename=name, content_type="image/jpeg")
+    async with s.post(url, data=form, params=params) as r:
+        assert await r.json() == {"success": True}, name
+
+
+async def init_upload(s: aiohttp.ClientSession, base: str, **params: str) -> str:
+    form = FormData({"name": "d"}, default_to_multipart=True)
+    async with s.post(f"{base}/task/new/init", data=form, params=params) as r:
+        uuid: str = (await r.json())["uuid"]
+    return uuid
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["early", "staged"])
+async def test_duplicate_names_are_all_kept_and_renamed_as_nodeodm_does(
+    node_factory, cluster_factory: ClusterFactory, early: bool
+) -> None:
+    """Same-named images in consecutive uploads, and twice in one: the node holds every one,
+    under NodeODM's clash names. With early forwarding the relays send the staged names, so
+    the node never meets a clash (it renames one racily: two files could take ``a_.jpg``)."""
     node = await node_factory(test_seconds=1)
-    dispatch = DispatchSettings(backoff_base_s=0.05, backoff_max_s=0.2, early_forwarding=False)
+    dispatch = DispatchSettings(backoff_base_s=0.05, backoff_max_s=0.2, early_forwarding=early)
     cluster = await cluster_factory(nodes=[node], dispatch=dispatch)
-    first, second, third = b"\x01" * 3000, b"\x02" * 3000, b"\x03" * 3000
+    images = [bytes([i]) * 300_000 for i in range(1, 6)]
     async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
-        async with s.post(
-            f"{cluster.url}/task/new/init", data=FormData({"name": "d"}, default_to_multipart=True)
-        ) as r:
-            uuid = (await r.json())["uuid"]
-        # one file per request: NodeODM renames a clash within one request racily (it may
-        # give two files the same new name), the cluster relays requests as they are
-        for batch in ([first], [second], [third]):
-            form = FormData()
-            for data in batch:
-                form.add_field("images", data, filename="a.jpg")
-            async with s.post(f"{cluster.url}/task/new/upload/{uuid}", data=form) as r:
-                assert await r.json() == {"success": True}
+        uuid = await init_upload(s, cluster.url)
+        url = f"{cluster.url}/task/new/upload/{uuid}"
+        for batch in ([images[0]], [images[1]], [images[2], images[3]], [images[4]]):
+            await upload_form(s, url, [("a.jpg", data) for data in batch])
         async with s.post(f"{cluster.url}/task/new/commit/{uuid}") as r:
             assert await r.json() == {"uuid": uuid}
         await wait_status(s, cluster.url, uuid, (COMPLETED,))
-    digest = {d: hashlib.sha256(d).hexdigest() for d in (first, second, third)}
     kept = held(node, uuid)
-    assert sorted(kept.values()) == sorted(digest.values())
-    assert sorted(kept) == ["a.jpg", "a_.jpg", "a__.jpg"]
+    assert sorted(kept) == ["a.jpg", "a_.jpg", "a__.jpg", "a___.jpg", "a____.jpg"]
+    assert sorted(kept.values()) == sorted(hashlib.sha256(d).hexdigest() for d in images)
+
+
+ODD_NAMES = ["x y.jpg", "é.jpg", 'q"x.jpg', "a;b=c.jpg", "50%.jpg", "body.json", "noext"]
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["early", "staged"])
+async def test_names_on_the_node_are_those_a_direct_upload_gives(
+    node_factory, cluster_factory: ClusterFactory, early: bool
+) -> None:
+    """Names the node keeps for uploads sent one after the other, each name twice: through
+    the cluster (relayed or sent from staging) the same as when sent to the node directly."""
+    node = await node_factory(test_seconds=1)
+    dispatch = DispatchSettings(backoff_base_s=0.05, backoff_max_s=0.2, early_forwarding=early)
+    cluster = await cluster_factory(nodes=[node], dispatch=dispatch)
+    files = [(name, f"{name}{i}".encode() * 1000) for i in range(2) for name in ODD_NAMES]
+    mine = node_query(node)
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
+        names = {}
+        for base, params in ((cluster.url, {}), (node.url, mine)):  # cluster first: node idle
+            uuid = await init_upload(s, base, **params)
+            for file in files:
+                await upload_form(s, f"{base}/task/new/upload/{uuid}", [file], **params)
+            async with s.post(f"{base}/task/new/commit/{uuid}", params=params) as r:
+                assert await r.json() == {"uuid": uuid}
+            await wait_status(s, base, uuid, (COMPLETED,), **params)
+            names[base] = held(node, uuid)
+    assert len(names[node.url]) == len(files)
+    assert names[cluster.url] == names[node.url]
+
+
+async def test_concurrent_same_named_uploads_all_reach_the_node(
+    node_factory, cluster_factory: ClusterFactory
+) -> None:
+    """Early forwarding, several uploads of ``a.jpg`` (different bytes) at once, repeated: the
+    node holds every image, named ``a.jpg``, ``a_.jpg``..., with its bytes (#14)."""
+    node = await node_factory(test_seconds=1, parallel=3)
+    cluster = await cluster_factory(nodes=[node])
+    rounds, parallel = 3, 6
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
+        for round_ in range(rounds):
+            images = [os.urandom(400_000) for _ in range(parallel)]
+            uuid = await init_upload(s, cluster.url)
+            url = f"{cluster.url}/task/new/upload/{uuid}"
+            await asyncio.gather(*(upload_form(s, url, [("a.jpg", d)]) for d in images))
+            async with s.post(f"{cluster.url}/task/new/commit/{uuid}") as r:
+                assert await r.json() == {"uuid": uuid}
+            await wait_status(s, cluster.url, uuid, (COMPLETED,))
+            kept = held(node, uuid)
+            assert sorted(kept) == sorted("a" + "_" * i + ".jpg" for i in range(parallel)), round_
+            assert sorted(kept.values()) == sorted(hashlib.sha256(d).hexdigest() for d in images)
