@@ -4,20 +4,19 @@ Without this, a task's images cross the network twice in a row: client -> proxy 
 proxy -> node after commit, so the task starts about twice as late as on a node reached
 directly. With a pipeline, the node is chosen at the first upload (when a slot is free and no
 task waits in the queue) and the task is initialised there under its uuid. From then on each
-upload request is relayed: its raw body goes to the node as it arrives, byte for byte, while the
-same bytes are parsed and staged here, so an image crosses the proxy once and is never read back
-from disk. Where a relay is not possible (the body was partly read already, or the upload speed
-to nodes is capped) each image is sent on from its staged file instead. At commit only the
+upload request is relayed: its files go to the node as they arrive, while the same bytes are
+staged here, so an image crosses the proxy once and is never read back from disk. Where a
+relay is not possible (the body was partly read already, or the upload speed to nodes is
+capped) each image is sent on from its staged file instead. At commit only the
 stragglers are left to send; the node is initialised again with the final fields (NodeODM keeps
 the staged images) and committed.
 
-A relay is trusted only when it ends cleanly: the node answered success and every image name
-is one the cluster stores unchanged. The node then holds the same names as the staging folder:
-NodeODM keeps the client's name and, on a clash, adds ``_`` before the extension, the rule the
-staging folder follows too (a second ``a.jpg`` is ``a_.jpg`` on both). A name the cluster has to
-change (a path separator, a control character) may be stored differently by the node, so it
-ends the pipeline, as does a failed relay: the task is then forwarded the ordinary way,
-preferably to another node.
+Each relayed file is sent under the name it is staged under, chosen before its bytes arrive
+(``UploadPipelines.name``), so the node holds the staging folder's names and never has to rename
+a clash itself (it could give two same-named files arriving at once one name, #14). A relay is
+trusted only when it ends cleanly: the node answered success and every file was staged under
+the name it was sent with. Otherwise the pipeline ends: the task is then forwarded the ordinary
+way, preferably to another node.
 
 A pipeline's slot is held only while its upload goes on: an upload with no request under way
 for ``DispatchSettings.early_forwarding_idle_s`` (``--early-forwarding-idle``, tens of seconds)
