@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import uuid as uuidlib
 from pathlib import Path
@@ -400,10 +401,12 @@ async def test_names_on_the_node_are_those_a_direct_upload_gives(
 
 
 async def test_concurrent_same_named_uploads_all_reach_the_node(
-    node_factory, cluster_factory: ClusterFactory
+    node_factory, cluster_factory: ClusterFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Early forwarding, several uploads of ``a.jpg`` (different bytes) at once, repeated: the
-    node holds every image, named ``a.jpg``, ``a_.jpg``..., with its bytes (#14)."""
+    node holds every image, named ``a.jpg``, ``a_.jpg``..., with its bytes (#14), and got them
+    through the relays: the commit's count check never had to send the task afresh."""
+    caplog.set_level(logging.WARNING, logger="clusterodm")
     node = await node_factory(test_seconds=1, parallel=3)
     cluster = await cluster_factory(nodes=[node])
     rounds, parallel = 3, 6
@@ -419,3 +422,5 @@ async def test_concurrent_same_named_uploads_all_reach_the_node(
             kept = held(node, uuid)
             assert sorted(kept) == sorted("a" + "_" * i + ".jpg" for i in range(parallel)), round_
             assert sorted(kept.values()) == sorted(hashlib.sha256(d).hexdigest() for d in images)
+    lost = [r.getMessage() for r in caplog.records if "removing it there" in r.getMessage()]
+    assert lost == []
