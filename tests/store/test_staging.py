@@ -15,6 +15,7 @@ from clusterodm.store.staging import (
     STRAY_PART_AGE_S,
     WRITE_BUFFER_BYTES,
     Staging,
+    free_name,
     sanitize,
 )
 
@@ -256,3 +257,15 @@ async def test_cancelled_save_leaves_no_file(staging: Staging) -> None:
     with pytest.raises(asyncio.CancelledError):
         await job
     assert list(staging.path(UUID).iterdir()) == []
+
+
+async def test_free_name_is_the_name_save_gives(staging: Staging) -> None:
+    """A relayed file's name is chosen before its bytes arrive: it must be the one ``save``
+    would give, clash suffixes and sanitising included, so the node and staging agree."""
+    names = ["a.jpg", "a.jpg", "a_.jpg", "a.jpg", "dir/b.jpg", "body.json", "noext", "noext"]
+    folder = staging.path(UUID)
+    for name in names:
+        chosen = free_name(name, lambda n: (folder / n).exists())
+        assert await staging.save(UUID, name, stream([b"x"])) == chosen
+    taken = {p.name for p in staging.files(UUID)}
+    assert free_name("a.jpg", taken.__contains__) == "a____.jpg"
