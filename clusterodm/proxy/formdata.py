@@ -2,9 +2,9 @@
 
 Reads the body as the raw chunks the server received and parses them with python-multipart's
 push parser, instead of aiohttp's ``MultipartReader``: it parses about twice as fast, and the raw
-chunks stay available. That is what early forwarding needs: an upload's bytes can be handed,
-exactly as received (same boundary, same length), to a node while its files are staged here
-(``tap``), instead of being staged, read back and encoded again.
+parts come out in the order they arrive. That is what early forwarding needs: each file's
+bytes are relayed to a node as they are parsed, under the name staging gives them, instead of
+being staged, read back and encoded again.
 
 Errors are ``InvalidRequest`` in the words clients already see (``Malformed multipart body``,
 ``Upload stalled``).
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
@@ -25,8 +25,6 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from clusterodm.compat import timeout
 from clusterodm.errors import InvalidRequest
-
-RawSink = Callable[[bytes], Awaitable[None]]
 
 IDLE_S = 30.0
 """An upload with nothing received for this long is dropped (original: idle sockets, 30 s)."""
@@ -67,7 +65,6 @@ class FormReader:
         self.content_type = content_type
         self.content_length = request.content_length
         self.idle_s = idle_s
-        self._tap: RawSink | None = None
         self._started = False
         self._done = False  # the body is read to its end
         self._ended = False  # the closing boundary was seen
@@ -91,17 +88,9 @@ class FormReader:
         )
 
     @property
-    def tappable(self) -> bool:
-        """Nothing of the body was read yet, so a tap would see all of it."""
+    def unread(self) -> bool:
+        """Nothing of the body was read yet, so every file in it can still be relayed."""
         return not self._started
-
-    def tap(self, sink: RawSink) -> bool:
-        """Hand every raw chunk of the body to ``sink`` before parsing it. Only possible before
-        the first byte is read (False afterwards: the sink would miss the beginning)."""
-        if self._started:
-            return False
-        self._tap = sink
-        return True
 
     # --- parts ---
 
@@ -144,7 +133,7 @@ class FormReader:
         return self._events.popleft()
 
     async def _pump(self) -> None:
-        """Read one received chunk, pass it to the tap, parse it."""
+        """Read one received chunk and parse it."""
         self._started = True
         try:
             async with timeout(self.idle_s):
@@ -164,8 +153,6 @@ class FormReader:
                     "Malformed multipart body: the body ended before its last part"
                 )
             return
-        if self._tap is not None:
-            await self._tap(chunk)
         try:
             self._parser.write(chunk)
         except MultipartParseError as e:

@@ -21,7 +21,6 @@ from clusterodm.proxy.deps import deps, user_of
 from clusterodm.proxy.formdata import (
     FormPart,
     FormReader,
-    RawSink,
     form_reader,
     has_no_body,
     is_urlencoded,
@@ -58,11 +57,8 @@ class ImageParts:
         self.content_length = reader.content_length
 
     @property
-    def tappable(self) -> bool:
-        return self.reader.tappable and self.first is None
-
-    def tap(self, sink: RawSink) -> bool:
-        return self.reader.tap(sink)
+    def unread(self) -> bool:
+        return self.reader.unread and self.first is None
 
     async def __aiter__(self) -> AsyncIterator[FilePart]:
         reader = self.reader

@@ -65,19 +65,15 @@ class FilePart:
 
 
 class UploadBody(Protocol):
-    """An upload request's files, and the raw body they are parsed from (for early forwarding:
-    the node gets the very bytes the client sent, while they are staged here)."""
+    """An upload request's files, parsed as they arrive (for early forwarding: each file is
+    relayed to the node while it is staged here)."""
 
     content_type: str
     content_length: int | None
 
     @property
-    def tappable(self) -> bool:
-        """Whether ``tap`` is still possible: nothing of the body was read yet."""
-        ...
-
-    def tap(self, sink: Callable[[bytes], Awaitable[None]]) -> bool:
-        """Pass every raw chunk to ``sink`` before parsing; False once reading has begun."""
+    def unread(self) -> bool:
+        """Nothing of the body was read yet, so early forwarding can relay every file in it."""
         ...
 
     def __aiter__(self) -> AsyncIterator[FilePart]: ...
@@ -267,7 +263,7 @@ class TaskIntake:
         upload = await self._upload_of(user, uuid)
         pipelines = await self._pipeline_for(upload)
         relay = None
-        if pipelines is not None and body.tappable:  # not /task/new: its fields come first
+        if pipelines is not None and body.unread:  # not /task/new: its fields come first
             relay = pipelines.relay(uuid)
         saved: list[tuple[str, str]] = []  # (name sent by the client, name staged)
         busy = pipelines.uploading(uuid) if pipelines is not None else contextlib.nullcontext()
