@@ -44,7 +44,9 @@ async def test_images_reach_node_before_commit(
 async def test_failed_early_forwarding_falls_back(
     simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
 ) -> None:
-    bad = await simnode_factory(drop_uploads_after=1)
+    # every upload to this node fails, so whichever way the images go to it first (relayed while
+    # they arrive, or sent from staging) the task must end up on the other node
+    bad = await simnode_factory(drop_uploads_after=0)
     good = await simnode_factory()
     cluster = await cluster_factory([bad, good])
     async with aiohttp.ClientSession() as s:
