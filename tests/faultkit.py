@@ -23,9 +23,6 @@ import contextlib
 import hashlib
 import os
 import random
-import re
-import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,10 +32,9 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import FormData
 
-from clusterodm.compat import timeout
+from tests.proxyproc import ProxyProcess
 from tests.redis_server import free_port
 
-LISTENING = re.compile(r"listening on port (\d+)")
 ROUND_TIMEOUT_S = 90.0
 RETRY_PAUSE_S = 0.05
 
@@ -94,69 +90,11 @@ class Tally:
         )
 
 
-class Proxy:
-    """``python -m clusterodm`` on a fixed port, killed with SIGKILL and started again."""
+class Proxy(ProxyProcess):
+    """A cluster process on a fixed port, so a client finds it again after a kill and restart."""
 
     def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.args = args
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: asyncio.subprocess.Process | None = None
-        self.env = env
-        self._drain: asyncio.Future[None] | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "clusterodm",
-            f"--port={self.port}",
-            "--bind=127.0.0.1",
-            "--admin-cli-port=0",
-            "--admin-web-port=0",
-            f"--data-dir={self.data_dir}",
-            *self.args,
-            stderr=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL,
-            env=self.env,
-        )
-        assert self.proc.stderr is not None
-        lines: list[str] = []
-        async with timeout(30):
-            while True:
-                raw = await self.proc.stderr.readline()
-                if not raw:
-                    raise AssertionError("proxy exited:\n" + "".join(lines[-30:]))
-                lines.append(raw.decode(errors="replace"))
-                if LISTENING.search(lines[-1]):
-                    break
-        self._drain = asyncio.ensure_future(self._drain_stderr(self.proc))
-
-    @staticmethod
-    async def _drain_stderr(proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        while await proc.stderr.readline():
-            pass
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
-            await self.proc.wait()
-        if self._drain is not None:
-            await self._drain
-            self._drain = None
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                async with timeout(10):
-                    await self.proc.wait()
-            except (TimeoutError, asyncio.TimeoutError):
-                await self.kill()
-        await self.kill()
+        super().__init__(data_dir, *args, port=free_port(), env=env)
 
 
 class Client:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,60 +17,7 @@ from aiohttp import FormData
 from clusterodm.simnode import SimNode
 from tests.conftest import SimnodeFactory
 from tests.helpers import eventually
-
-LISTENING = re.compile(r"listening on port (\d+)")
-
-
-class ProxyProcess:
-    """``python -m clusterodm`` in its own process, so it can be killed for real."""
-
-    def __init__(self, data_dir: Path, *args: str) -> None:
-        self.data_dir = data_dir
-        self.args = args  # more flags, e.g. --store for several instances
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
-        self.drain: asyncio.Future[None] | None = None
-
-    async def start(self) -> str:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "clusterodm",
-            "--port=0",
-            "--bind=127.0.0.1",
-            "--admin-cli-port=0",
-            "--admin-web-port=0",
-            f"--data-dir={self.data_dir}",
-            *self.args,
-            stderr=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL,
-        )
-        assert self.proc.stderr is not None
-        lines: list[str] = []
-        async with asyncio.timeout(20):
-            while True:
-                raw = await self.proc.stderr.readline()
-                if not raw:
-                    raise AssertionError("proxy exited:\n" + "".join(lines))
-                line = raw.decode()
-                lines.append(line)
-                if m := LISTENING.search(line):
-                    self.url = f"http://127.0.0.1:{m.group(1)}"
-                    break
-        self.drain = asyncio.ensure_future(self._drain())
-        return self.url
-
-    async def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while await self.proc.stderr.readline():
-            pass
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            await self.proc.wait()
-        if self.drain is not None:
-            await self.drain
+from tests.proxyproc import ProxyProcess
 
 
 @pytest.fixture

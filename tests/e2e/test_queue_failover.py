@@ -17,9 +17,10 @@ from aiohttp import FormData
 
 from clusterodm.config import DispatchSettings, FailoverSettings
 from tests.conftest import ClusterFactory, SimnodeFactory
-from tests.e2e.test_crash import ProxyProcess, write_nodes_json
+from tests.e2e.test_crash import write_nodes_json
 from tests.e2e.test_proxy_pyodm import make_images, pyodm_node
 from tests.helpers import eventually
+from tests.proxyproc import ProxyProcess
 
 FAST = {
     "dispatch": DispatchSettings(backoff_base_s=0.05, backoff_max_s=0.2, queue_poll_s=0.1),

@@ -17,8 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.test_crash import ProxyProcess, write_nodes_json
+from tests.e2e.test_crash import write_nodes_json
 from tests.helpers import eventually
+from tests.proxyproc import ProxyProcess
 from tests.realnode import RealNode
 
 #: how long the cluster may take for ``/info`` after the reloads

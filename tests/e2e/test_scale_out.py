@@ -24,8 +24,9 @@ from clusterodm.model import TaskStage
 from clusterodm.store.redis import RedisStore
 from clusterodm.tasks.scaleout import task_key
 from tests.conftest import SimnodeFactory
-from tests.e2e.test_crash import ProxyProcess, write_nodes_json
+from tests.e2e.test_crash import write_nodes_json
 from tests.helpers import eventually
+from tests.proxyproc import ProxyProcess
 
 CLAIM_TTL_S = 2.0
 
