@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from clusterodm import __version__
 from clusterodm import log as logsetup
@@ -523,8 +524,11 @@ async def watch_tasks(cluster: Cluster) -> None:
     events = d.events
     last_sample = float("-inf")
 
-    def counter(name: str) -> float:
-        return m.registry.get_sample_value(name) or 0.0
+    def total(counter: Counter) -> float:
+        # read from the counter itself: the registry's lookup would collect every metric
+        return next(
+            s.value for mf in counter.collect() for s in mf.samples if s.name.endswith("_total")
+        )
 
     while True:
         try:
@@ -535,8 +539,8 @@ async def watch_tasks(cluster: Cluster) -> None:
                     now,
                     d.dispatcher.queue_length(),
                     events.running_count(),
-                    counter("clusterodm_bytes_received_total"),
-                    counter("clusterodm_bytes_sent_total"),
+                    total(m.bytes_received),
+                    total(m.bytes_sent),
                 )
                 last_sample = now
         except Exception:

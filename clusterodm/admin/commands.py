@@ -29,6 +29,7 @@ from clusterodm.nodes import paths
 from clusterodm.nodes.address import check_port
 from clusterodm.nodes.discovery import NodeIsDiscovered
 from clusterodm.proxy.deps import ProxyDeps
+from clusterodm.tasks.concurrency import ACTIVE, status_code
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +270,7 @@ class AdminCommands:
                     )
                 except (NodeError, TimeoutError, asyncio.TimeoutError):
                     return True  # it is there; unknown state counts as unfinished
-            code = info.get("status", {}).get("code") if isinstance(info, dict) else None
-            return code in (int(TaskStatus.QUEUED), int(TaskStatus.RUNNING))
+            return status_code(info) in ACTIVE
 
         uuids = sorted(there)
         flags = await asyncio.gather(*(running(u) for u in uuids))
@@ -282,9 +282,6 @@ class AdminCommands:
         if updated is None:  # removed concurrently
             raise NodeOutOfRange(f"No node number {number}")
         return NodeView(number, updated, self.deps.registry.is_online(updated))
-
-    def node_info(self, number: int) -> dict[str, Any]:
-        return self.node(number).node_data()
 
     async def node_update(self) -> None:
         """Look ``--nodes-from`` up again, then refresh every node's /info now and wait for the

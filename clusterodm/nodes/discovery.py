@@ -31,11 +31,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from clusterodm.compat import timeout
 from clusterodm.config import DiscoverySource
 from clusterodm.errors import InvalidRequest, NodeError, NodeRejected
-from clusterodm.model import Node, Route, TaskStage, TaskStatus, node_key
+from clusterodm.model import Node, Route, TaskStage, node_key
 from clusterodm.nodes.address import BadAddress
 from clusterodm.nodes.client import NodeClient
 from clusterodm.nodes.registry import NodeRegistry
 from clusterodm.nodes.resolver import DnsResolver, Found, LookupFailed
+from clusterodm.tasks.concurrency import ACTIVE, status_code
 from clusterodm.tasks.routes import RouteTable
 from clusterodm.tasks.table import TaskTable
 
@@ -46,7 +47,6 @@ DRAIN_LINGER_S = 60.0
 TASK_CHECK_TIMEOUT_S = 5.0
 """A draining node slower than this to describe a task keeps it (asked again next round)."""
 TASK_CHECK_CONCURRENCY = 8
-UNFINISHED = (int(TaskStatus.QUEUED), int(TaskStatus.RUNNING))
 
 
 class NodeIsDiscovered(InvalidRequest):
@@ -211,9 +211,7 @@ class Discovery:
                     return e.message.endswith("not found")  # the node no longer knows it
                 except (NodeError, TimeoutError, asyncio.TimeoutError):
                     return False
-            status = info.get("status")
-            code = status.get("code") if isinstance(status, dict) else None
-            return code not in UNFINISHED
+            return status_code(info) not in ACTIVE
 
         results = await asyncio.gather(*(done(r) for r in routes))
         return all(results)

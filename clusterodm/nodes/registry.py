@@ -27,7 +27,7 @@ from typing import Any
 
 from clusterodm.errors import InvalidRequest
 from clusterodm.log import event
-from clusterodm.model import Node, NodeInfo, node_key
+from clusterodm.model import Node, NodeInfo, TaskStatus, node_key
 from clusterodm.nodes.address import check_hostname, check_port
 from clusterodm.nodes.ledger import SlotLedger
 from clusterodm.nodes.selection import NodeState, available_slots, best_node
@@ -307,9 +307,9 @@ class NodeRegistry:
     def task_seen(self, key: str, uuid: str, code: int | None, asked_ms: int) -> None:
         """A status answer for ``uuid`` from the node, asked at ``asked_ms``: queued or running
         (10, 20) keeps it counted; finished, failed or cancelled (40, 30, 50) frees its slot."""
-        if code in (10, 20):
+        if code in (TaskStatus.QUEUED, TaskStatus.RUNNING):
             self._ledger.seen_active(key, uuid, asked_ms)
-        elif code in (30, 40, 50):
+        elif code in (TaskStatus.FAILED, TaskStatus.COMPLETED, TaskStatus.CANCELED):
             self.task_ended(key, uuid)
 
     def task_ended(self, key: str, uuid: str) -> None:

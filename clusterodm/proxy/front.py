@@ -94,10 +94,11 @@ def info_answerer(deps: ProxyDeps, metrics: Metrics) -> Answerer:
     ``ip``, counted as the middleware counts it; None when the request must go to aiohttp."""
     requests_200 = metrics.requests.labels("/info", "200")
     bytes_sent = metrics.bytes_sent
+    info_public = is_public("/info")  # a fixed rule: decided once, not per request
 
     def answer(token: str, ip: str) -> bytes | None:
         access = deps.access
-        if type(access) not in (LocalAccess, UsersAccess) or is_public("/info"):
+        if type(access) not in (LocalAccess, UsersAccess) or info_public:
             return None
         try:
             deps.guard.check(ip)

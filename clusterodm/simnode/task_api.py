@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import ApiError, NodeContext, ctx, error_response, json_response
+from .app import _HANG_POLL_S, ApiError, NodeContext, ctx, error_response, json_response
 from .download import send_zip
 from .jsvalues import JsonError, parse_int, parse_json, slice_start
 from .options import validate_options
@@ -21,7 +21,6 @@ _SET_UUID = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-[1-7][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.IGNORECASE
 )
 _NOT_FOUND = "Invalid uuid (not found)"
-_HANG_POLL_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,14 +155,16 @@ class TaskActions:
         except NodeError:
             self.registry.record_failure(node.key)
             raise
-        if answer.get("success") is True and action in ("cancel", "remove"):
+        if answer.get("success") is not True:
+            return answer
+        if action in ("cancel", "remove"):
             self.events.ended(uuid, "cancelled" if action == "cancel" else "removed")
-        if answer.get("success") is True:  # the node's queue changed: count it at once
-            if action == "restart":
-                self.registry.task_sent(node.key, uuid)
-            else:
-                self.registry.task_ended(node.key, uuid)
-        if action == "remove" and answer.get("success") is True:
+        # the node's queue changed: count it at once
+        if action == "restart":
+            self.registry.task_sent(node.key, uuid)
+        else:
+            self.registry.task_ended(node.key, uuid)
+        if action == "remove":
             await self.routes.delete(uuid)
             if self.table.get(uuid) is not None:
                 await self.dispatcher.release_images(uuid)

@@ -827,12 +827,11 @@ class Dispatcher:
     async def _send(self, node: Node, task: TaskEntry) -> None:
         """One attempt on ``node``, afresh: clear what it holds of the task, init, send every
         staged image, commit, and check the count (``nodeside``)."""
-        all_files = self.staging.files(task.uuid)
-        if not all_files:
+        files = self.staging.files(task.uuid)
+        if not files:
             raise NodeRejected("staged images are missing", node.key, no_retry=True)
         await nodeside.clear(self.client, node, task.uuid)
         await self.client.init_task(node, task.uuid, node_fields(task.fields, task.options))
-        files = all_files
         sem = asyncio.Semaphore(self.settings.parallel_uploads)
 
         async def send_one(path: Path) -> None:
@@ -859,7 +858,7 @@ class Dispatcher:
                 raise first from eg
             raise NodeRejected(str(first), node.key) from eg
         await self.client.commit(node, task.uuid)
-        await nodeside.verify(self.client, node, task.uuid, all_files)
+        await nodeside.verify(self.client, node, task.uuid, files)
 
     async def _landed(self, task: TaskEntry, node_key: str) -> None:
         """The node has the task: store the route first, then keep or drop the images.

@@ -281,4 +281,4 @@ class TaskEvents:
         await asyncio.gather(*(one(t) for t in self.unfinished()))
 
     def running_count(self) -> int:
-        return sum(1 for t in self.tasks.values() if t.ended is None and t.landed is not None)
+        return len(self.unfinished())

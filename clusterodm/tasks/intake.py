@@ -370,12 +370,13 @@ class TaskIntake:
 
     async def commit(self, user: User, uuid: str, cluster_url: str) -> str:
         upload = await self._upload_of(user, uuid)
-        images = self.staging.count(uuid)
+        staged = self.staging.files(uuid)  # listed once: count, seed.zip and size come from it
+        images = len(staged)
         if images == 0:
             await self.staging.remove(uuid)
             await self._delete_upload(uuid)
             raise InvalidRequest("Need at least 1 file.")
-        if not self.splitmerge and any(f.name == SEED_ZIP for f in self.staging.files(uuid)):
+        if not self.splitmerge and any(f.name == SEED_ZIP for f in staged):
             # refused where the original refuses it: at commit, once for the whole task
             await self.abandon(uuid)
             raise InvalidRequest(SPLITMERGE_OFF)
@@ -416,7 +417,7 @@ class TaskIntake:
         await self.flood.note_commit(user.token)
         if self.pipelines is not None and self.pipelines.shared:
             await self.pipelines.adopt(uuid)  # opened on any instance, finished by this one
-        size = await asyncio.to_thread(_total_size, self.staging.files(uuid))
+        size = await asyncio.to_thread(_total_size, staged)
         self.events.received(uuid, user.name, images, size, task.name)
         self.dispatcher.submit(uuid)
         log.debug("task %s committed with %d images", uuid, images)
