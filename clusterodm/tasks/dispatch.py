@@ -230,6 +230,12 @@ class Dispatcher:
         self._jobs[uuid] = task
         task.add_done_callback(lambda t: self._forget(uuid, t))
 
+    async def settle(self, uuid: str, wait_s: float) -> None:
+        """Until the job of ``uuid`` ends, for at most ``wait_s``; the job goes on regardless."""
+        job = self._jobs.get(uuid)
+        if job is not None and not job.done():
+            await asyncio.wait([job], timeout=wait_s)
+
     def _forget(self, uuid: str, job: asyncio.Task[None]) -> None:
         if self._jobs.get(uuid) is job:
             del self._jobs[uuid]

@@ -42,12 +42,16 @@ log = logging.getLogger(__name__)
 
 INIT_FIELDS = ("name", "options", "skipPostProcessing", "webhook", "outputs", "dateCreated")
 OVER_LIMIT_META = "over-limit:"  # store meta key: the upload brought too many images
+COMMIT_SETTLE_S = 5.0
+"""How long the answer to a commit waits for an early-forwarded task to start on its node."""
 SEED_ZIP = "seed.zip"  # split-merge's payload for a submodel task
 SPLITMERGE_OFF = "Cannot use this node as a split-merge cluster."  # the original's words
 
 
 class DispatchSink(Protocol):
     def submit(self, uuid: str) -> None: ...
+
+    async def settle(self, uuid: str, wait_s: float) -> None: ...
 
     def check_room(self, limit: int | None) -> None: ...
 
@@ -420,6 +424,11 @@ class TaskIntake:
         size = await asyncio.to_thread(_total_size, staged)
         self.events.received(uuid, user.name, images, size, task.name)
         self.dispatcher.submit(uuid)
+        if task.node_key is not None:
+            # Forwarded early: the node holds (nearly) every image and only has to be told to
+            # start. The answer waits for that, briefly, so that a client polling at once finds
+            # the task running on its node rather than hears of it one poll later.
+            await self.dispatcher.settle(uuid, COMMIT_SETTLE_S)
         log.debug("task %s committed with %d images", uuid, images)
         return uuid
 

@@ -8,8 +8,9 @@ upload request is relayed: its files go to the node as they arrive, while the sa
 staged here, so an image crosses the proxy once and is never read back from disk. Where a
 relay is not possible (the body was partly read already, or the upload speed to nodes is
 capped) each image is sent on from its staged file instead. At commit only the
-stragglers are left to send; the node is initialised again with the final fields (NodeODM keeps
-the staged images) and committed.
+stragglers are left to send; the node is initialised again if the final fields differ from
+those it was opened with (NodeODM keeps the staged images) and committed; the client's commit
+is answered once that is done (``COMMIT_SETTLE_S`` at most).
 
 Each relayed file is sent under the name it is staged under, chosen before its bytes arrive
 (``UploadPipelines.name``), so the node holds the staging folder's names and never has to rename
@@ -98,6 +99,7 @@ class Pipeline:
     last_write: float = 0.0  # monotonic time of the last record write
     hurry: asyncio.Event = field(default_factory=asyncio.Event)  # a flush waits: write now
     uploads: int = 0  # upload requests of this task under way (not quiet while any is)
+    fields: dict[str, str] = field(default_factory=dict)  # the task was initialised with
     released: bool = False  # quiet for a while: its slot was given back (``release_idle``)
 
 
@@ -320,7 +322,7 @@ class UploadPipelines:
         if node is None:
             return None
         self.registry.add_transient(node.key)
-        pipe = Pipeline(uuid, node)
+        pipe = Pipeline(uuid, node, fields=dict(fields))
         # The record names the node before the node holds anything: after a crash, whatever
         # the node then holds is found and cleared, never left behind (``nodeside``).
         if self.shared:
@@ -559,7 +561,8 @@ class UploadPipelines:
             await self._flush(pipe)  # complete before the node is asked to start the task
             if pipe.error is not None:
                 raise pipe.error
-            await self.client.init_task(pipe.node, uuid, dict(fields))
+            if self.shared or dict(fields) != pipe.fields:  # shared: opened elsewhere
+                await self.client.init_task(pipe.node, uuid, dict(fields))
             await self.client.commit(pipe.node, uuid)
             # what the node holds is counted, not trusted: an upload that timed out here may
             # have landed there, and a relay cut off by a frozen node may land late

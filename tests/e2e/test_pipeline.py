@@ -269,3 +269,29 @@ async def test_without_early_forwarding_images_wait_for_commit(
         await eventually(lambda: ready(sim, uuid), message="initialised on the node")
     for name, data in images.items():
         assert node_image(sim, uuid, name) == data
+
+
+async def test_the_commit_of_an_early_forwarded_task_is_answered_once_it_runs(
+    simnode_factory: SimnodeFactory, cluster_factory: ClusterFactory
+) -> None:
+    """The commit's answer waits for the node to start the task (briefly), so a client polling
+    at once sees it running; the node was initialised once, its fields being unchanged."""
+    sim = await simnode_factory(test_seconds=5)
+    cluster = await cluster_factory([sim])
+    images = {f"s{i}.jpg": os.urandom(4000) for i in range(3)}
+    async with aiohttp.ClientSession() as s:
+        init = FormData(default_to_multipart=True)
+        init.add_field("name", "settled")
+        init.add_field("options", '[{"name": "dsm", "value": true}]')
+        r = await s.post(f"{cluster.url}/task/new/init", data=init)
+        uuid = (await r.json())["uuid"]
+        for name, data in images.items():
+            assert await upload(s, cluster.url, uuid, {name: data}) == {"success": True}
+        r = await s.post(f"{cluster.url}/task/new/commit/{uuid}")
+        assert await r.json() == {"uuid": uuid}
+        assert ready(sim, uuid), "the task runs on the node when the commit is answered"
+        info = await (await s.get(f"{cluster.url}/task/{uuid}/info")).json()
+    assert info["status"]["code"] == 20
+    assert sorted(sim.tasks[uuid].images) == sorted(images)
+    assert sim.requests["/task/new/init"] == 1, "initialised once: the fields did not change"
+    assert {"name": "dsm", "value": True} in sim.tasks[uuid].options
