@@ -171,11 +171,11 @@ class TaskIntake:
         options = await self._check_options(user, fields.get("options"))
         if await self.flood.check_init(user.token):
             raise LimitExceeded(flood_message())
-        kept = {k: str(v) for k, v in fields.items() if k in INIT_FIELDS}
+        now = self._now_ms()
+        kept = _kept_fields(fields, now)
         if ignored := sorted(set(fields) - set(INIT_FIELDS) - {"zipurl"}):
             names = ", ".join(repr(n[:40]) for n in ignored[:10])
             log.info("task %s: fields no node reads are ignored: %s", uuid, names)
-        now = self._now_ms()
         await self.staging.create(uuid)
         existing = await self._get_upload(uuid)
         if existing is not None and existing.owner != user.owner:
@@ -189,7 +189,7 @@ class TaskIntake:
         """Fields that came after the files in a single-request ``/task/new`` (NodeODM takes
         fields in any order)."""
         upload = await self._upload_of(user, uuid)
-        merged = {**upload.fields, **{k: str(v) for k, v in fields.items() if k in INIT_FIELDS}}
+        merged = {**upload.fields, **_kept_fields(fields, self._now_ms())}
         options = upload.options
         if "options" in fields:
             options = await self._check_options(user, fields["options"])
@@ -453,6 +453,15 @@ async def _relayed(relay: Relay, chunks: AsyncIterator[bytes]) -> AsyncIterator[
     except BaseException:
         relay.fail()
         raise
+
+
+def _kept_fields(fields: Mapping[str, Any], now_ms: int) -> dict[str, str]:
+    """The fields a node reads, as text; ``dateCreated`` as the integer the cluster keeps, so
+    that the node is never sent one it would answer as ``1e+30``."""
+    kept = {k: str(v) for k, v in fields.items() if k in INIT_FIELDS}
+    if "dateCreated" in kept:
+        kept["dateCreated"] = str(_date_created(kept["dateCreated"], now_ms))
+    return kept
 
 
 def _date_created(value: Any, now_ms: int) -> int:
