@@ -48,6 +48,7 @@ from clusterodm.nodes.resolver import DnsResolver
 from clusterodm.proxy import front as front_mod
 from clusterodm.proxy.deps import DEPS, OptionsCache, ProxyDeps
 from clusterodm.proxy.endpoints import ROUTES
+from clusterodm.proxy.front_polls import PollAnswerer, poll_answerer
 from clusterodm.proxy.middleware import proxy_middleware
 from clusterodm.results import S3Access, S3Downloads, check_bucket
 from clusterodm.store.base import Store
@@ -176,8 +177,10 @@ class Cluster:
         port: int,
         ssl_context: ssl.SSLContext | None = None,
         front: front_mod.Answerer | None = None,
+        polls: PollAnswerer | None = None,
     ) -> web.TCPSite:
-        """A site per port; ``front``: plain-HTTP ``GET /info`` answered by ``proxy/front.py``."""
+        """A site per port; ``front``: plain-HTTP ``GET /info`` answered by ``proxy/front.py``,
+        and with ``polls`` task polls too."""
         # the access log costs a line per request: only at --log-level verbose or below
         access = logging.getLogger("aiohttp.access") if logsetup.access_log_enabled() else None
         runner = web.AppRunner(
@@ -196,6 +199,7 @@ class Cluster:
             backlog=LISTEN_BACKLOG,
             ssl_context=ssl_context,
             answer=front,
+            poll=polls,
         )
         try:
             await site.start()
@@ -446,13 +450,14 @@ async def start_cluster(settings: Settings) -> Cluster:
         # the front writes no access log lines: with the access log on, aiohttp answers all
         lean = front_mod.enabled() and not logsetup.access_log_enabled()
         front = front_mod.info_answerer(deps, cluster.metrics) if lean else None
+        polls = poll_answerer(deps, cluster.metrics) if lean else None
         if ctx is not None and settings.secure_port is not None:
-            await cluster.add_site("proxy", proxy_app, settings.port, front=front)
+            await cluster.add_site("proxy", proxy_app, settings.port, front=front, polls=polls)
             await cluster.add_site(
                 "secure", build_proxy_app(deps, cluster.metrics), settings.secure_port, ctx
             )
         else:
-            await cluster.add_site("proxy", proxy_app, settings.port, ctx, front=front)
+            await cluster.add_site("proxy", proxy_app, settings.port, ctx, front=front, polls=polls)
         await start_admin(cluster)
     except BaseException:
         await cluster.stop()

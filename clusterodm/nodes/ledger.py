@@ -14,7 +14,11 @@ ones that came later stay on top of it.
 An end is counted only for a task the ledger knows was counted by the node: one sent since the
 last read, or one seen queued or running in an answer asked after it. A task that finished
 before the last read is not in that read's count, and seeing it finished later must not take
-one off again (that would send a task to a busy node, which queues it there).
+one off again (that would send a task to a busy node, which queues it there). So when a read
+arrives, an end seen after it was asked stays only if the task was known to be active at or
+after that moment (sent then, or seen active in an answer asked then): a task last known active
+before the read may have ended before it too, uncounted, and taking it off would count the node
+short.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ MAX_KNOWN = 10_000  # active tasks remembered per node (bounded memory; forgetti
 class _NodeLedger:
     read_ms: int = NEVER  # when the last /info counted in was asked
     sent: dict[str, int] = field(default_factory=dict)  # uuid -> when it was put on the node
-    ended: dict[str, int] = field(default_factory=dict)  # uuid -> when it was seen to end
-    #: tasks known to be in the node's count: seen active after ``read_ms``, or sent since
-    active: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    #: uuid -> when it was seen to end, and when it was last known active before that
+    ended: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: tasks known to be in the node's count (seen active after ``read_ms``, or sent since),
+    #: with the latest time each was known active
+    active: OrderedDict[str, int] = field(default_factory=OrderedDict)
 
 
 class SlotLedger:
@@ -52,13 +58,13 @@ class SlotLedger:
         ledger = self._of(key)
         ledger.sent[uuid] = now_ms
         ledger.ended.pop(uuid, None)
-        self._know(ledger, uuid)
+        self._know(ledger, uuid, now_ms)
 
     def seen_active(self, key: str, uuid: str, asked_ms: int) -> None:
         """An answer asked at ``asked_ms`` said the task is queued or running on the node."""
         ledger = self._of(key)
         if asked_ms >= ledger.read_ms and uuid not in ledger.ended:
-            self._know(ledger, uuid)
+            self._know(ledger, uuid, max(asked_ms, ledger.active.get(uuid, NEVER)))
 
     def ended(self, key: str, uuid: str, now_ms: int) -> bool:
         """The task finished, failed, was cancelled or removed on the node; True if that
@@ -66,8 +72,7 @@ class SlotLedger:
         ledger = self._nodes.get(key)
         if ledger is None or uuid not in ledger.active:
             return False
-        del ledger.active[uuid]
-        ledger.ended[uuid] = now_ms
+        ledger.ended[uuid] = (now_ms, ledger.active.pop(uuid))
         return True
 
     def read(self, key: str, asked_ms: int, answered_ms: int | None = None) -> None:
@@ -83,9 +88,13 @@ class SlotLedger:
         ends_from = asked_ms if answered_ms is None else answered_ms
         ledger.read_ms = asked_ms
         ledger.sent = {u: t for u, t in ledger.sent.items() if t >= asked_ms}
-        ledger.ended = {u: t for u, t in ledger.ended.items() if t >= ends_from}
+        ledger.ended = {
+            u: (t, known)
+            for u, (t, known) in ledger.ended.items()
+            if t >= ends_from and known >= asked_ms
+        }
         # which of the node's tasks are in its count is known again only from later answers
-        ledger.active = OrderedDict((u, None) for u in ledger.sent)
+        ledger.active = OrderedDict(ledger.sent.items())
 
     def adjustment(self, key: str) -> int:
         """Add this to the node's last ``taskQueueCount``."""
@@ -103,8 +112,8 @@ class SlotLedger:
         self._nodes.pop(key, None)
 
     @staticmethod
-    def _know(ledger: _NodeLedger, uuid: str) -> None:
-        ledger.active[uuid] = None
+    def _know(ledger: _NodeLedger, uuid: str, at_ms: int) -> None:
+        ledger.active[uuid] = at_ms
         ledger.active.move_to_end(uuid)
         while len(ledger.active) > MAX_KNOWN:
             ledger.active.popitem(last=False)

@@ -43,12 +43,14 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
+from prometheus_client import Counter
 
 from clusterodm.access.guard import TooManyFailures
 from clusterodm.access.local import LocalAccess
 from clusterodm.access.users import UsersAccess
 from clusterodm.metrics import Metrics
 from clusterodm.proxy.deps import ProxyDeps
+from clusterodm.proxy.front_polls import PollAnswerer, PollAsk, Reply, at_once
 from clusterodm.proxy.info_api import info_body
 from clusterodm.proxy.middleware import is_public
 
@@ -65,10 +67,23 @@ SWEEP_S = 5.0
 
 Answerer = Callable[[str, str], bytes | None]
 
-_REQUEST_LINE = re.compile(rb"GET /info(?:\?token=([A-Za-z0-9._~-]*))? HTTP/1\.1").fullmatch
+_REQUEST_LINE = re.compile(
+    rb"GET /(?:info|task/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    rb"/(info|output))(?:\?([^ ]*))? HTTP/1\.1"
+).fullmatch
+#: a query parameter read the same whatever the decoding: unreserved characters only
+_TOKEN = re.compile(rb"[A-Za-z0-9._~-]*").fullmatch
+_NUMBER = re.compile(rb"[0-9]{1,9}").fullmatch
+#: the one parameter besides ``token`` each poll passes on to the node (``paths.QUERY_ALLOWED``)
+_PASSED = {b"info": b"with_output", b"output": b"line"}
 _NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch
 _VALUE = re.compile(rb"[\x20-\x7e]*").fullmatch
 #: headers whose meaning only aiohttp's full handling gets right
+#: headers aiohttp's path passes on to a node besides Accept (conditional, partial, typed
+#: requests): a poll with any of them is left to it
+_NOT_FOR_POLLS = frozenset(
+    {b"if-none-match", b"if-modified-since", b"range", b"if-range", b"content-type"}
+)
 _LEFT_TO_AIOHTTP = frozenset(
     {
         b"content-length",
@@ -92,7 +107,7 @@ def enabled() -> bool:
 def info_answerer(deps: ProxyDeps, metrics: Metrics) -> Answerer:
     """``(token, ip) -> body`` when the proxy would answer ``GET /info?token=`` with 200 from
     ``ip``, counted as the middleware counts it; None when the request must go to aiohttp."""
-    requests_200 = metrics.requests.labels("/info", "200")
+    requests_200: list[Counter] = []  # made at first use, as aiohttp's path makes it
     bytes_sent = metrics.bytes_sent
     info_public = is_public("/info")  # a fixed rule: decided once, not per request
 
@@ -104,36 +119,50 @@ def info_answerer(deps: ProxyDeps, metrics: Metrics) -> Answerer:
             deps.guard.check(ip)
         except TooManyFailures:
             return None
-        user = _at_once(access.authenticate(token))
+        user = at_once(access.authenticate(token))
         if user is None:
             return None
         body = info_body(deps, user.limits)
-        requests_200.inc()
+        if not requests_200:
+            requests_200.append(metrics.requests.labels("/info", "200"))
+        requests_200[0].inc()
         bytes_sent.inc(len(body))
         return body
 
     return answer
 
 
-def _at_once(coro: Coroutine[Any, Any, Any]) -> Any:
-    """The coroutine's result if it completes without waiting; None if it raises (aiohttp's path
-    asks again and answers the error) or would wait (then it is closed)."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    except Exception:
-        return None
-    coro.close()
-    return None
+def _query(raw: bytes | None, passed: bytes | None) -> dict[str, str] | None:
+    """``token`` and the parameter ``passed`` on (digits), each at most once; None for any
+    other query, which aiohttp reads."""
+    out: dict[str, str] = {}
+    if not raw:
+        return out
+    for pair in raw.split(b"&"):
+        name, eq, value = pair.partition(b"=")
+        if not eq or name.decode("latin-1") in out:
+            return None
+        if name == b"token" and _TOKEN(value) is not None:
+            out["token"] = value.decode()
+        elif name == passed and _NUMBER(value) is not None:
+            out[name.decode()] = value.decode()
+        else:
+            return None
+    return out
 
 
 class _Front:
     """One per listening socket: its connections, the Date header, the idle sweep."""
 
-    def __init__(self, handler_factory: Callable[[], asyncio.Protocol], answer: Answerer) -> None:
+    def __init__(
+        self,
+        handler_factory: Callable[[], asyncio.Protocol],
+        answer: Answerer,
+        poll: PollAnswerer | None = None,
+    ) -> None:
         self.handler_factory = handler_factory
         self.answer = answer
+        self.poll = poll
         self.live: set[_Connection] = set()
         self.answered = 0
         self._date_at = 0
@@ -149,9 +178,10 @@ class _Front:
             self._date_at, self._date = now, formatdate(now, usegmt=True).encode()
         return self._date
 
-    def respond(self, data: bytes, ip: str) -> bytes | None:
-        """The whole answer to ``data`` if it is a request answered here, else None."""
-        if not data.startswith(b"GET /info"):
+    def respond(self, data: bytes, ip: str) -> bytes | Coroutine[Any, Any, bytes | None] | None:
+        """The whole answer to ``data`` if it is a request answered here (a coroutine giving
+        it, or None, for a poll relayed to a node), else None."""
+        if not data.startswith((b"GET /info", b"GET /task/")):
             return None
         end = data.find(b"\r\n\r\n")
         if end < 0 or end + 4 != len(data) or end > MAX_HEAD_BYTES:
@@ -160,7 +190,12 @@ class _Front:
         request = _REQUEST_LINE(lines[0])
         if request is None or len(lines) > MAX_HEADERS:
             return None
+        uuid, action, raw_query = request.groups()
+        query = _query(raw_query, _PASSED.get(action))
+        if query is None:
+            return None
         origin: bytes | None = None
+        accept: bytes | None = None
         seen: set[bytes] = set()
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
@@ -172,9 +207,38 @@ class _Front:
             seen.add(lower)
             if lower == b"origin":
                 origin = value.strip(b" ")
+            elif lower == b"accept":
+                accept = value.strip(b" ")
         if b"host" not in seen:
             return None
-        token = (request.group(1) or b"").decode("ascii")
+        token = query.pop("token", "")
+        if action is None:
+            if query:
+                return None
+            return self._info(token, ip, origin)
+        if self.poll is None or seen & _NOT_FOR_POLLS:
+            return None
+        ask = PollAsk(
+            uuid.decode(),
+            action.decode(),
+            token,
+            query,
+            origin or None,
+            accept.decode() if accept is not None else None,
+        )
+        coro = self.poll(ask, ip)
+        if coro is None:
+            return None
+        return self._reply_later(coro)
+
+    async def _reply_later(self, coro: Coroutine[Any, Any, Reply | None]) -> bytes | None:
+        reply = await coro
+        if reply is None:
+            return None
+        self.answered += 1
+        return reply(self.date())
+
+    def _info(self, token: str, ip: str, origin: bytes | None) -> bytes | None:
         body = self.answer(token, ip)
         if body is None:
             return None
@@ -210,13 +274,15 @@ class _Connection(asyncio.Protocol):
     """A client connection while the front answers it; handed to aiohttp at its first request
     that the front does not answer."""
 
-    __slots__ = ("front", "idle_since", "ip", "loop", "paused", "transport")
+    __slots__ = ("busy", "closed", "front", "idle_since", "ip", "loop", "paused", "transport")
 
     def __init__(self, front: _Front) -> None:
         self.front = front
         self.transport: asyncio.Transport | None = None
         self.ip = ""
-        self.paused = False
+        self.paused = False  # the client reads nothing: nothing more is read from it
+        self.busy: asyncio.Task[None] | None = None  # a poll relayed to a node
+        self.closed = False
         self.loop = asyncio.get_running_loop()
         self.idle_since = self.loop.time()
 
@@ -236,7 +302,30 @@ class _Connection(asyncio.Protocol):
             self._hand_over(data)
             return
         assert self.transport is not None
-        self.transport.write(answer)
+        if isinstance(answer, bytes):
+            self.transport.write(answer)
+            self.idle_since = self.loop.time()
+            return
+        # a poll: nothing more is read from the client until it is answered (no pipelining)
+        self.transport.pause_reading()
+        self.busy = self.loop.create_task(self._answer_later(answer, data))
+
+    async def _answer_later(self, answer: Coroutine[Any, Any, bytes | None], data: bytes) -> None:
+        try:
+            reply = await answer
+        except Exception:
+            log.exception("front: %s handed to aiohttp after an error", self.ip)
+            reply = None
+        self.busy = None
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return
+        if not self.paused:
+            transport.resume_reading()
+        if reply is None:
+            self._hand_over(data)
+            return
+        transport.write(reply)
         self.idle_since = self.loop.time()
 
     def _hand_over(self, data: bytes) -> None:
@@ -258,13 +347,15 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self.transport is not None:
+        if self.transport is not None and self.busy is None:
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
         self.front.live.discard(self)
 
     def close(self) -> None:
+        self.closed = True
         self.front.live.discard(self)
         if self.transport is not None:
             self.transport.close()
@@ -278,10 +369,11 @@ def site(
     backlog: int,
     ssl_context: ssl.SSLContext | None = None,
     answer: Answerer | None = None,
+    poll: PollAnswerer | None = None,
 ) -> web.TCPSite:
     """A ``FrontSite`` when given ``answer`` on plain HTTP, else aiohttp's ``TCPSite``."""
     if answer is not None and ssl_context is None:
-        return FrontSite(runner, host, port, backlog=backlog, answer=answer)
+        return FrontSite(runner, host, port, backlog=backlog, answer=answer, poll=poll)
     return web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=backlog)
 
 
@@ -289,17 +381,26 @@ class FrontSite(web.TCPSite):
     """``web.TCPSite`` whose connections meet the front first (plain HTTP only)."""
 
     def __init__(
-        self, runner: web.BaseRunner, host: str | None, port: int, *, backlog: int, answer: Answerer
+        self,
+        runner: web.BaseRunner,
+        host: str | None,
+        port: int,
+        *,
+        backlog: int,
+        answer: Answerer,
+        poll: PollAnswerer | None = None,
     ) -> None:
         super().__init__(runner, host, port, backlog=backlog)
         self._answer = answer
+        self._poll = poll
         self._front: _Front | None = None
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site, as TCPSite.start does first
         server = self._runner.server
         assert server is not None
-        self._front = _Front(cast(Callable[[], asyncio.Protocol], server), self._answer)
+        handler_factory = cast(Callable[[], asyncio.Protocol], server)
+        self._front = _Front(handler_factory, self._answer, self._poll)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._front.connection,
