@@ -8,11 +8,12 @@ import asyncio
 import hashlib
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_parser import HttpRequestParser
+from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -292,14 +293,7 @@ def test_what_the_front_answers_aiohttp_reads_as_one_plain_get_info(
     made = front._Front(asyncio.Protocol, answer).respond(data, "127.0.0.1")
     if made is None:
         return
-    loop = asyncio.new_event_loop()
-    try:
-        parser = HttpRequestParser(BaseProtocol(loop), loop, 2**16)
-        messages, upgraded, tail = parser.feed_data(data)
-    finally:
-        loop.close()
-    assert len(messages) == 1 and not upgraded and not tail
-    message, payload = messages[0]
+    message, payload = one_request(data)
     assert (message.method, message.path.split("?")[0], message.version) == ("GET", "/info", (1, 1))
     assert payload is EMPTY_PAYLOAD
     assert tokens == [message.url.query.get("token", "")]
@@ -308,6 +302,18 @@ def test_what_the_front_answers_aiohttp_reads_as_one_plain_get_info(
         assert b"\r\nAccess-Control-Allow-Origin: " + origin.encode() + b"\r\n" in made
     else:
         assert b"\r\nAccess-Control-Allow-Origin: *\r\n" in made
+
+
+def one_request(data: bytes) -> tuple[RawRequestMessage, Any]:
+    """The one request aiohttp's own parser reads in ``data`` (nothing before or after it)."""
+    loop = asyncio.new_event_loop()
+    try:
+        parser = HttpRequestParser(BaseProtocol(loop), loop, 2**16)
+        messages, upgraded, tail = parser.feed_data(data)
+    finally:
+        loop.close()
+    assert len(messages) == 1 and not upgraded and not tail
+    return messages[0]
 
 
 async def test_tls_sites_and_a_turned_off_front_are_aiohttp_s_own() -> None:

@@ -12,8 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import EMPTY_PAYLOAD
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,7 +23,17 @@ from clusterodm.proxy.front_polls import PollAsk
 from tests.conftest import ClusterFactory
 from tests.helpers import eventually
 from tests.helpers import write_atomically as write
-from tests.proxy.test_front import ALICE, BOB, USERS, H, ask, get, metrics, read_answer
+from tests.proxy.test_front import (
+    ALICE,
+    BOB,
+    USERS,
+    H,
+    ask,
+    get,
+    metrics,
+    one_request,
+    read_answer,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -249,14 +257,7 @@ def test_what_the_front_relays_aiohttp_reads_as_the_same_poll(
     assert made is None
     if not asked:
         return
-    loop = asyncio.new_event_loop()
-    try:
-        parser = HttpRequestParser(BaseProtocol(loop), loop, 2**16)
-        messages, upgraded, tail = parser.feed_data(data)
-    finally:
-        loop.close()
-    assert len(messages) == 1 and not upgraded and not tail
-    message, payload = messages[0]
+    message, payload = one_request(data)
     ask = asked[0]
     assert (message.method, message.version, payload) == ("GET", (1, 1), EMPTY_PAYLOAD)
     assert message.url.path == f"/task/{ask.uuid}/{ask.action}"
