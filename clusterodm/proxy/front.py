@@ -1,6 +1,7 @@
-"""A lean front for ``GET /info``: the one request clients repeat most that the cluster answers
-itself, answered without aiohttp's request machinery; every other request goes to aiohttp as
-it came.
+"""A lean front for ``GET /info``, the one request clients repeat most that the cluster answers
+itself, and for task polls (``GET /task/<uuid>/info`` and ``/output``, relayed to the node by
+``front_polls.py``), without aiohttp's request machinery; every other request goes to aiohttp
+as it came.
 
 aiohttp's server spends about 80 µs of CPU on any request before a handler runs (parser, request
 and response objects, the handler task, the middleware chain); the original ClusterODM answers
@@ -12,10 +13,13 @@ far, to aiohttp for good (``transport.set_protocol``), before writing anything:
 - the bytes received hold exactly one complete request head and nothing after it (no partial
   head, no body, no pipelined request);
 - the request line is ``GET /info HTTP/1.1`` or ``GET /info?token=T HTTP/1.1`` with ``T`` made of
-  unreserved characters only (so it reads the same whatever the query decoding);
+  unreserved characters only (so it reads the same whatever the query decoding), or a poll of a
+  lower-case uuid whose query holds ``token`` and the route's one parameter as digits (a poll
+  is relayed only as ``front_polls.py`` says, and never with a conditional or range header);
 - the head is small (4 KB, 32 lines at most) and its header lines plain (a token name, printable
   ASCII values), each name once, a ``Host`` among them, and none of ``Content-Length``,
-  ``Transfer-Encoding``, ``Connection``, ``Expect``, ``Upgrade``, ``Keep-Alive``, ``TE``;
+  ``Transfer-Encoding``, ``Expect``, ``Upgrade``, ``Keep-Alive``, ``TE``, and a ``Connection``
+  only as ``keep-alive`` (what browsers and python-requests send, HTTP/1.1's default);
 - the proxy would answer 200: ``/info`` is not a public path, the failed-token guard lets the
   address in, and the access provider accepts the token without waiting (the local token and
   the users file do; a provider that must ask elsewhere is never answered here).
@@ -88,7 +92,6 @@ _LEFT_TO_AIOHTTP = frozenset(
     {
         b"content-length",
         b"transfer-encoding",
-        b"connection",
         b"expect",
         b"upgrade",
         b"keep-alive",
@@ -204,6 +207,8 @@ class _Front:
             lower = name.lower()
             if lower in _LEFT_TO_AIOHTTP or lower in seen:  # repeats: aiohttp refuses some
                 return None
+            if lower == b"connection" and value.strip(b" ").lower() != b"keep-alive":
+                return None  # HTTP/1.1's default said again is the same request; others not
             seen.add(lower)
             if lower == b"origin":
                 origin = value.strip(b" ")

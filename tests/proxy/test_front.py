@@ -65,6 +65,16 @@ REQUESTS: dict[str, bytes] = {
     "POST": get(f"/info?token={ALICE}", H, "Content-Length: 0", method="POST"),
     "HTTP/1.0": get(f"/info?token={ALICE}", H, version="1.0"),
     "connection close": get(f"/info?token={ALICE}", H, "Connection: close"),
+    "keep-alive": get(f"/info?token={ALICE}", H, "Connection: Keep-Alive"),
+    "keep-alive and more": get(f"/info?token={ALICE}", H, "Connection: keep-alive, Upgrade"),
+    "as python-requests sends it": get(
+        f"/info?token={ALICE}",
+        H,
+        "User-Agent: python-requests/2.31.0",
+        "Accept-Encoding: gzip, deflate",
+        "Accept: */*",
+        "Connection: keep-alive",
+    ),
     "content-length 0": get(f"/info?token={ALICE}", H, "Content-Length: 0"),
     "no host": get(f"/info?token={ALICE}"),
     "non-ascii header": get(f"/info?token={ALICE}", H).replace(
@@ -88,7 +98,14 @@ REQUESTS: dict[str, bytes] = {
     "task list": get(f"/task/list?token={BOB}", H),
 }
 
-ANSWERED_BY_THE_FRONT = {"plain", "other user", "origin", "empty origin"}
+ANSWERED_BY_THE_FRONT = {
+    "plain",
+    "other user",
+    "origin",
+    "empty origin",
+    "keep-alive",
+    "as python-requests sends it",
+}
 
 
 async def read_answer(reader: asyncio.StreamReader, method: bytes = b"GET") -> tuple[bytes, ...]:

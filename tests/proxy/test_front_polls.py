@@ -47,6 +47,15 @@ def poll_requests(uuid: str) -> dict[str, bytes]:
         "info accept": get(f"{task}/info?with_output=0&token={ALICE}", H, "Accept: */*"),
         "output": get(f"{task}/output?token={ALICE}", H),
         "output line": get(f"{task}/output?token={ALICE}&line=2", H),
+        "as pyodm sends it": get(
+            f"{task}/info?token={ALICE}&with_output=0",
+            H,
+            "User-Agent: python-requests/2.31.0",
+            "Accept-Encoding: gzip, deflate",
+            "Accept: */*",
+            "Connection: keep-alive",
+        ),
+        "connection close": get(f"{task}/info?token={ALICE}", H, "Connection: close"),
         # left to aiohttp
         "other user": get(f"{task}/info?token={BOB}", H),
         "no token": get(f"{task}/info", H),
@@ -64,7 +73,15 @@ def poll_requests(uuid: str) -> dict[str, bytes]:
     }
 
 
-RELAYED = {"info", "info origin", "info with_output", "info accept", "output", "output line"}
+RELAYED = {
+    "info",
+    "info origin",
+    "info with_output",
+    "info accept",
+    "output",
+    "output line",
+    "as pyodm sends it",
+}
 
 
 async def finished_task(url: str, token: str = "") -> str:
