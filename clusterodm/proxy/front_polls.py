@@ -19,7 +19,9 @@ headers aiohttp adds. The node's answer counts as it does on aiohttp's path: the
 (``task_seen``), the task's last known state, the request and byte counters. Anything else (no
 decision at once, an error, an answer other than 200) is None: the front then gives the request
 to aiohttp unchanged, which answers it, errors included, in its own words. A node that does not
-answer is thus asked twice, once here and once by aiohttp; the health checks take it offline.
+answer is thus asked twice, once here and once by aiohttp, for the polls under way when it
+fails: the first failure takes it offline, and the front relays nothing to it until it is
+back.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from prometheus_client import Counter
 from clusterodm.access.guard import TooManyFailures
 from clusterodm.access.local import LocalAccess
 from clusterodm.access.users import UsersAccess
-from clusterodm.errors import ClusterError
+from clusterodm.errors import ClusterError, NodeUnreachable
 from clusterodm.metrics import Metrics
 from clusterodm.nodes import paths
 from clusterodm.nodes.polls import AnswerTooLarge
@@ -102,6 +104,11 @@ def poll_answerer(deps: ProxyDeps, metrics: Metrics) -> PollAnswerer:
             asked_ms = deps.registry.now_ms()
             try:
                 got = await polls.get(node, target, headers)
+            except NodeUnreachable:
+                # offline from now on, so the front leaves the next polls to aiohttp's path,
+                # which answers them from the task's last known state where it can
+                deps.registry.record_failure(node.key)
+                return None
             except (ClusterError, AnswerTooLarge):
                 return None  # aiohttp's path asks again and answers as it does
             if got.status != 200:

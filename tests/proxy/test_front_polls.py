@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clusterodm.app import Cluster
+from clusterodm.config import Timeouts
 from clusterodm.nodes.paths import QUERY_ALLOWED
 from clusterodm.proxy import front
 from clusterodm.proxy.front_polls import PollAsk
@@ -285,3 +286,28 @@ def test_what_the_front_relays_aiohttp_reads_as_the_same_poll(
     origin = message.headers.get("Origin")
     assert (origin.encode() if origin else None) == ask.origin
     assert message.headers.get("Accept") == ask.accept
+
+
+async def test_a_frozen_node_is_asked_twice_once_then_left_to_aiohttp(
+    simnode_factory: Any, cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    """The front's poll times out: the node goes offline at once, aiohttp's path answers that
+    poll (asking once more), and the next polls are aiohttp's alone: one node request each."""
+    users = tmp_path / "users.toml"
+    write(users, USERS)
+    node = await simnode_factory()
+    uuid = await finished_task(node.url)
+    cluster = await cluster_factory(
+        [node], users_file=str(users), timeouts=Timeouts(poll_s=0.5, connect_s=0.5)
+    )
+    await cluster.deps.routes.add(uuid, cluster.registry.nodes()[0].key, "alice")
+    path = f"/task/{uuid}/info"
+    node.config.hang = True
+    before = node.requests[path]
+    first = await ask(cluster, poll_requests(uuid)["info"])
+    assert first[0].startswith(b"HTTP/1.1 ")
+    assert node.requests[path] - before == 2, "the front, then aiohttp's path"
+    assert not cluster.registry.is_online(cluster.registry.nodes()[0])
+    await ask(cluster, poll_requests(uuid)["info"])
+    assert node.requests[path] - before == 3, "aiohttp's path alone"
+    node.config.hang = False
