@@ -362,6 +362,8 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         self.front.live.discard(self)
+        if self.busy is not None:  # the cluster stops: the poll's answer has nowhere to go
+            self.busy.cancel()
         if self.transport is not None:
             self.transport.close()
 
