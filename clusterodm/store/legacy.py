@@ -100,11 +100,7 @@ def _parse_nodes(data: Any, path: Path) -> list[Node]:
 def _node_from_legacy(entry: dict[str, Any]) -> Node:
     """Original shape: ``port`` as a string, ``locked`` only when set, ``dockerMachine`` for
     auto-spawned nodes (kept as the machine record)."""
-    try:
-        hostname = check_hostname(str(entry["hostname"]))
-        port = check_port(entry["port"] if isinstance(entry["port"], int) else str(entry["port"]))
-    except BadAddress as e:
-        raise ValueError(e.message) from None
+    hostname, port = _address(entry)
     machine = entry.get("dockerMachine")
     return Node(
         hostname=hostname,
@@ -117,11 +113,15 @@ def _node_from_legacy(entry: dict[str, Any]) -> Node:
     )
 
 
-def _port(value: Any) -> int:
-    port = int(value)
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} out of range")
-    return port
+def _address(entry: dict[str, Any]) -> tuple[str, int]:
+    """The host and port of a node entry, as a node added today would be stored: a route's
+    node is named exactly as the node list names it (``[0:0::1]`` and ``[::1]`` are one node)."""
+    try:
+        hostname = check_hostname(str(entry["hostname"]))
+        port = check_port(entry["port"] if isinstance(entry["port"], int) else str(entry["port"]))
+    except BadAddress as e:
+        raise ValueError(e.message) from None
+    return hostname, port
 
 
 def _info(value: Any) -> NodeInfo | None:
@@ -150,10 +150,9 @@ def _parse_routes(data: Any, path: Path) -> list[Route]:
 
 def _route_from_legacy(uuid: str, entry: dict[str, Any]) -> Route:
     """``{node: {hostname, port, token}, token?, accessed}``; the node token is not kept here."""
-    node = entry["node"]
     return Route(
         uuid=uuid,
-        node_key=node_key(str(node["hostname"]), _port(node["port"])),
+        node_key=node_key(*_address(entry["node"])),
         owner=str(entry.get("token") or ""),
         accessed_ms=int(entry.get("accessed") or 0),
     )

@@ -146,3 +146,25 @@ async def test_nodes_with_unusable_addresses_are_skipped(
         assert (await import_legacy(tmp_path, store))[0] == 2
     assert sorted(n.key for n in await store.list_nodes()) == ["[::1]:3001", "good:3000"]
     assert caplog.text.count("skipping node") == 7
+
+
+async def test_routes_name_their_node_as_the_node_list_does(
+    tmp_path: Path, store: SqliteStore
+) -> None:
+    """The original kept host names as typed: a route to ``[0:0:0:0:0:0:0:1]`` or ``10.0.0.9.``
+    points at the node imported as ``[::1]`` or ``10.0.0.9``, not at a node that is not there."""
+    nodes = [
+        {"hostname": "[0:0:0:0:0:0:0:1]", "port": "3000"},
+        {"hostname": "10.0.0.9.", "port": 3001},
+    ]
+    routes = {
+        "u1": {"node": {"hostname": "[0:0:0:0:0:0:0:1]", "port": "3000"}},
+        "u2": {"node": {"hostname": "10.0.0.9.", "port": 3001}},
+        "u3": {"node": {"hostname": "[::1", "port": 3000}},
+    }
+    (tmp_path / "nodes.json").write_text(json.dumps(nodes))
+    (tmp_path / "routes.json").write_text(json.dumps(routes))
+    assert await import_legacy(tmp_path, store) == (2, 2)
+    keys = {n.key for n in await store.list_nodes()}
+    assert keys == {"[::1]:3000", "10.0.0.9:3001"}
+    assert {r.node_key for r in await store.list_routes()} == keys
