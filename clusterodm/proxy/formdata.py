@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -135,15 +135,7 @@ class FormReader:
     async def _pump(self) -> None:
         """Read one received chunk and parse it."""
         self._started = True
-        try:
-            async with timeout(self.idle_s):
-                chunk, _ = await self.content.readchunk()
-        except (TimeoutError, asyncio.TimeoutError):
-            raise InvalidRequest(
-                f"Upload stalled: nothing received for {self.idle_s:.0f} s"
-            ) from None
-        except ConnectionResetError:  # the client left half-way: an ordinary event, not a fault
-            raise InvalidRequest("Upload interrupted: the connection closed mid-body") from None
+        chunk = await _received(self.content, self.idle_s)
         if not chunk and not self.content.at_eof():
             return  # an empty chunked-encoding boundary, not the end: the caller reads on
         if not chunk:
@@ -251,6 +243,21 @@ def unsupported_form(request: web.Request) -> InvalidRequest:
     return InvalidRequest(FORM_TYPES_MESSAGE.format(kind=kind[:100]))
 
 
+async def _received(content: StreamReader, idle_s: float) -> bytes:
+    """The next piece of a request body as the server received it: ``b""`` at the body's end or
+    at a chunked-encoding boundary (``content.at_eof()`` tells which). Nothing received for
+    ``idle_s``, or the client leaving half-way (an ordinary event, not a fault): InvalidRequest.
+    """
+    try:
+        async with timeout(idle_s):
+            chunk, _ = await content.readchunk()
+    except (TimeoutError, asyncio.TimeoutError):
+        raise InvalidRequest(f"Upload stalled: nothing received for {idle_s:.0f} s") from None
+    except ConnectionResetError:
+        raise InvalidRequest("Upload interrupted: the connection closed mid-body") from None
+    return chunk
+
+
 async def urlencoded_fields(
     request: web.Request, idle_s: float = IDLE_S, limit: int = MAX_URLENCODED_BYTES
 ) -> dict[str, str]:
@@ -260,15 +267,11 @@ async def urlencoded_fields(
     The body is read to at most ``limit`` bytes, with the same idle limit as an upload."""
     body = bytearray()
     while True:
-        try:
-            async with timeout(idle_s):
-                chunk = await request.content.readany()
-        except (TimeoutError, asyncio.TimeoutError):
-            raise InvalidRequest(f"Upload stalled: nothing received for {idle_s:.0f} s") from None
-        except ConnectionResetError:
-            raise InvalidRequest("Upload interrupted: the connection closed mid-body") from None
+        chunk = await _received(request.content, idle_s)
         if not chunk:
-            break
+            if request.content.at_eof():
+                break
+            continue  # a chunked-encoding boundary, not the end
         body += chunk
         if len(body) > limit:
             raise InvalidRequest(f"Form too large: more than {limit} bytes")
