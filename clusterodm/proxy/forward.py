@@ -68,7 +68,9 @@ READ_BUFFER = 1 << 20
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
-def _response_headers(upstream: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+def response_headers(upstream: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """A node's answer headers as the client gets them: hop-by-hop and CORS ones dropped (the
+    middleware sets CORS), the rest in order."""
     return CIMultiDict(
         [
             (k, v)
@@ -122,7 +124,7 @@ async def forward_poll(
     except AnswerTooLarge:
         return await forward(request, client, node, path, query=query)
     return web.Response(
-        status=answer.status, body=answer.body, headers=_response_headers(answer.headers)
+        status=answer.status, body=answer.body, headers=response_headers(answer.headers)
     )
 
 
@@ -164,10 +166,10 @@ async def forward(
             return web.Response(
                 status=upstream.status,
                 body=body,
-                headers=_response_headers(upstream.headers.items()),
+                headers=response_headers(upstream.headers.items()),
             )
         stream = web.StreamResponse(
-            status=upstream.status, headers=_response_headers(upstream.headers.items())
+            status=upstream.status, headers=response_headers(upstream.headers.items())
         )
         if length is not None:
             stream.content_length = length
@@ -198,7 +200,7 @@ def _bodyless(request: web.Request, upstream: aiohttp.ClientResponse) -> web.Res
     aiohttp gives such answers one shared empty reader; reading it in a loop never ends (#14).
     A HEAD keeps the node's ``Content-Length``, which says how large the GET would be.
     """
-    resp = web.Response(status=upstream.status, headers=_response_headers(upstream.headers.items()))
+    resp = web.Response(status=upstream.status, headers=response_headers(upstream.headers.items()))
     length = upstream.headers.get("Content-Length")
     if request.method == "HEAD" and length is not None and length.isascii() and length.isdigit():
         resp.headers["Content-Length"] = length

@@ -47,16 +47,13 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
-from prometheus_client import Counter
 
-from clusterodm.access.guard import TooManyFailures
-from clusterodm.access.local import LocalAccess
-from clusterodm.access.users import UsersAccess
 from clusterodm.metrics import Metrics
 from clusterodm.proxy.deps import ProxyDeps
-from clusterodm.proxy.front_polls import PollAnswerer, PollAsk, Reply, at_once
+from clusterodm.proxy.front_polls import PollAnswerer, PollAsk, Reply, user_at_once
 from clusterodm.proxy.info_api import info_body
 from clusterodm.proxy.middleware import is_public
+from clusterodm.proxy.observe import RequestCounter
 
 __all__ = ["FrontSite", "enabled", "info_answerer", "site"]
 
@@ -110,25 +107,16 @@ def enabled() -> bool:
 def info_answerer(deps: ProxyDeps, metrics: Metrics) -> Answerer:
     """``(token, ip) -> body`` when the proxy would answer ``GET /info?token=`` with 200 from
     ``ip``, counted as the middleware counts it; None when the request must go to aiohttp."""
-    requests_200: list[Counter] = []  # made at first use, as aiohttp's path makes it
+    counter = RequestCounter(metrics)
     bytes_sent = metrics.bytes_sent
     info_public = is_public("/info")  # a fixed rule: decided once, not per request
 
     def answer(token: str, ip: str) -> bytes | None:
-        access = deps.access
-        if type(access) not in (LocalAccess, UsersAccess) or info_public:
-            return None
-        try:
-            deps.guard.check(ip)
-        except TooManyFailures:
-            return None
-        user = at_once(access.authenticate(token))
+        user = None if info_public else user_at_once(deps, token, ip)
         if user is None:
             return None
         body = info_body(deps, user.limits)
-        if not requests_200:
-            requests_200.append(metrics.requests.labels("/info", "200"))
-        requests_200[0].inc()
+        counter.child("/info", 200).inc()
         bytes_sent.inc(len(body))
         return body
 
@@ -181,9 +169,9 @@ class _Front:
             self._date_at, self._date = now, formatdate(now, usegmt=True).encode()
         return self._date
 
-    def respond(self, data: bytes, ip: str) -> bytes | Coroutine[Any, Any, bytes | None] | None:
-        """The whole answer to ``data`` if it is a request answered here (a coroutine giving
-        it, or None, for a poll relayed to a node), else None."""
+    def respond(self, data: bytes, ip: str) -> bytes | Coroutine[Any, Any, Reply | None] | None:
+        """The whole answer to ``data`` if it is a request answered here (for a poll relayed to
+        a node, a coroutine giving it, or None), else None."""
         if not data.startswith((b"GET /info", b"GET /task/")):
             return None
         end = data.find(b"\r\n\r\n")
@@ -231,17 +219,7 @@ class _Front:
             origin or None,
             accept.decode() if accept is not None else None,
         )
-        coro = self.poll(ask, ip)
-        if coro is None:
-            return None
-        return self._reply_later(coro)
-
-    async def _reply_later(self, coro: Coroutine[Any, Any, Reply | None]) -> bytes | None:
-        reply = await coro
-        if reply is None:
-            return None
-        self.answered += 1
-        return reply(self.date())
+        return self.poll(ask, ip)
 
     def _info(self, token: str, ip: str, origin: bytes | None) -> bytes | None:
         body = self.answer(token, ip)
@@ -315,7 +293,7 @@ class _Connection(asyncio.Protocol):
         self.transport.pause_reading()
         self.busy = self.loop.create_task(self._answer_later(answer, data))
 
-    async def _answer_later(self, answer: Coroutine[Any, Any, bytes | None], data: bytes) -> None:
+    async def _answer_later(self, answer: Coroutine[Any, Any, Reply | None], data: bytes) -> None:
         try:
             reply = await answer
         except Exception:
@@ -330,7 +308,8 @@ class _Connection(asyncio.Protocol):
         if reply is None:
             self._hand_over(data)
             return
-        transport.write(reply)
+        self.front.answered += 1
+        transport.write(reply(self.front.date()))
         self.idle_since = self.loop.time()
 
     def _hand_over(self, data: bytes) -> None:

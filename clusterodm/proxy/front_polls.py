@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp.http import SERVER_SOFTWARE
-from prometheus_client import Counter
 
+from clusterodm.access.base import User
 from clusterodm.access.guard import TooManyFailures
 from clusterodm.access.local import LocalAccess
 from clusterodm.access.users import UsersAccess
@@ -42,10 +42,11 @@ from clusterodm.metrics import Metrics
 from clusterodm.nodes import paths
 from clusterodm.nodes.polls import AnswerTooLarge
 from clusterodm.proxy.deps import ProxyDeps
-from clusterodm.proxy.forward import HOP_BY_HOP, node_target
-from clusterodm.proxy.tasks_api import STATUS_CODE_RE
+from clusterodm.proxy.forward import node_target, response_headers
+from clusterodm.proxy.observe import RequestCounter
+from clusterodm.proxy.tasks_api import status_code_in
 
-__all__ = ["PollAnswerer", "PollAsk", "Reply", "at_once", "poll_answerer"]
+__all__ = ["PollAnswerer", "PollAsk", "Reply", "poll_answerer", "user_at_once"]
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +72,13 @@ _ROUTES = {"info": "/task/{uuid}/info", "output": "/task/{uuid}/output"}
 
 def poll_answerer(deps: ProxyDeps, metrics: Metrics) -> PollAnswerer:
     """``(ask, ip) -> coroutine`` when the front relays the poll itself, None otherwise."""
-    counted: dict[str, Counter] = {}  # made at first use, as aiohttp's path makes them
+    counter = RequestCounter(metrics)
     bytes_sent = metrics.bytes_sent
 
     def answer(ask: PollAsk, ip: str) -> Coroutine[Any, Any, Reply | None] | None:
-        access = deps.access
-        if type(access) not in (LocalAccess, UsersAccess) or deps.actions.announce is not None:
+        if deps.actions.announce is not None:
             return None
-        try:
-            deps.guard.check(ip)
-        except TooManyFailures:
-            return None
-        user = at_once(access.authenticate(ask.token))
+        user = user_at_once(deps, ask.token, ip)
         route = deps.routes.get(ask.uuid)
         if user is None or route is None or not deps.actions.visible(user, route.owner):
             return None
@@ -114,13 +110,10 @@ def poll_answerer(deps: ProxyDeps, metrics: Metrics) -> PollAnswerer:
             if got.status != 200:
                 return None
             if ask.action == "info":
-                deps.registry.task_seen(node.key, ask.uuid, _status_code(got.body), asked_ms)
+                deps.registry.task_seen(node.key, ask.uuid, status_code_in(got.body), asked_ms)
                 if not any(name.lower() == "content-encoding" for name, _ in got.headers):
                     deps.last_known.note(ask.uuid, got.body)
-            child = counted.get(ask.action)
-            if child is None:
-                child = counted[ask.action] = metrics.requests.labels(_ROUTES[ask.action], "200")
-            child.inc()
+            counter.child(_ROUTES[ask.action], 200).inc()
             bytes_sent.inc(len(got.body))
             return _reply(got.headers, got.body, ask.origin)
 
@@ -129,22 +122,15 @@ def poll_answerer(deps: ProxyDeps, metrics: Metrics) -> PollAnswerer:
     return answer
 
 
-def _status_code(body: bytes) -> int | None:
-    match = STATUS_CODE_RE.search(body)
-    return int(match.group(1)) if match else None
-
-
 def _reply(node_headers: list[tuple[str, str]], body: bytes, origin: bytes | None) -> Reply:
     """The answer aiohttp writes for ``web.Response(200, body, headers=<node's, filtered>)``
-    with the middleware's CORS headers: the node's headers in order (hop-by-hop and CORS ones
-    dropped), then CORS, Content-Length, Content-Type if the node sent none, Date and Server
-    unless the node sent them."""
+    with the middleware's CORS headers: the node's headers in order (``response_headers``),
+    then CORS, Content-Length, Content-Type if the node sent none, Date and Server unless the
+    node sent them."""
     names: set[str] = set()
     lines: list[bytes] = [b"HTTP/1.1 200 OK\r\n"]
-    for name, value in node_headers:
+    for name, value in response_headers(node_headers).items():
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower.startswith("access-control-"):
-            continue
         if lower == "vary" and origin:
             if "vary" in names:
                 continue  # setting Vary replaces the first one in place, drops the others
@@ -172,6 +158,20 @@ def _reply(node_headers: list[tuple[str, str]], body: bytes, origin: bytes | Non
         return b"".join((head, dated, server, b"\r\n", body))
 
     return whole
+
+
+def user_at_once(deps: ProxyDeps, token: str, ip: str) -> User | None:
+    """The user of ``token`` when the middleware would let the request in from ``ip`` and the
+    access provider says so without waiting (the local token and the users file do; one that
+    must ask elsewhere is aiohttp's); None otherwise, and aiohttp's path answers."""
+    if type(deps.access) not in (LocalAccess, UsersAccess):
+        return None
+    try:
+        deps.guard.check(ip)
+    except TooManyFailures:
+        return None
+    user: User | None = at_once(deps.access.authenticate(token))
+    return user
 
 
 def at_once(coro: Coroutine[Any, Any, Any]) -> Any:

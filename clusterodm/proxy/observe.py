@@ -29,14 +29,18 @@ class RequestCounter:
         self.metrics = metrics
         self._children: dict[tuple[str, int], Counter] = {}
 
-    def count(self, request: web.Request, status: int, response: web.StreamResponse | None) -> None:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "other"
+    def child(self, route: str, status: int) -> Counter:
+        """The requests counter of ``route`` and ``status``, made at first use."""
         child = self._children.get((route, status))
         if child is None:
             child = self.metrics.requests.labels(route, str(status))
             self._children[(route, status)] = child
-        child.inc()
+        return child
+
+    def count(self, request: web.Request, status: int, response: web.StreamResponse | None) -> None:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "other"
+        self.child(route, status).inc()
         if request.method == "POST" and request.content_length:
             self.metrics.bytes_received.inc(request.content_length)
         if response is not None and response.content_length:

@@ -167,6 +167,11 @@ def answered_status(answer: web.StreamResponse) -> int | None:
     body = answer.body if isinstance(answer, web.Response) else None
     if answer.status != 200 or not isinstance(body, bytes):
         return None
+    return status_code_in(body)
+
+
+def status_code_in(body: bytes) -> int | None:
+    """The task status code in the body of a node's 200 ``info`` answer, if it has one."""
     match = STATUS_CODE_RE.search(body)
     return int(match.group(1)) if match else None
 
