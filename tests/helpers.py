@@ -1,14 +1,17 @@
-"""Shared test helpers: bounded polling instead of sleeps."""
+"""Shared test helpers: bounded polling instead of sleeps, small servers on loopback."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 
 async def eventually(
@@ -58,3 +61,16 @@ def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """``app`` served on a free loopback port, which is given; stopped afterwards."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site.port
+    finally:
+        await runner.cleanup()

@@ -22,10 +22,10 @@ from clusterodm.admin import AdminCommands, build_admin_app
 from clusterodm.app import Cluster
 from clusterodm.config import DispatchSettings
 from tests.admin import make_task
+from tests.chromium import chromium
 from tests.conftest import ClusterFactory, SimnodeFactory
 from tests.helpers import eventually
 
-CHROMIUM = Path("/usr/lib/chromium/chromium")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PASSWORD = "pä ss:word"
 
@@ -199,29 +199,10 @@ async def test_page_and_static_files_are_self_contained(cluster_factory: Cluster
 
 
 # --- the page in Chromium ----------------------------------------------------------------
-def _have_chromium() -> bool:
-    return CHROMIUM.exists()
-
-
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    if not _have_chromium():
-        message = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("playwright is not installed (pip install -e '.[test]')")
-        pytest.skip("playwright is not installed")
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with chromium() as b:
+        yield b
 
 
 async def open_page(browser: Any, base: str, password: str) -> tuple[Any, list[str]]:

@@ -8,7 +8,6 @@ cluster answering ``/info`` within a second.
 from __future__ import annotations
 
 import io
-import os
 import time
 import zipfile
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.admin.test_web import CHROMIUM, _have_chromium
+from tests.chromium import chromium
 from tests.conftest import ClusterFactory
 
 INFO_WITHIN_S = 1.0
@@ -38,24 +37,8 @@ async def browser() -> AsyncIterator[Any]:
     """Chromium with its HTTP cache on (request interception would turn it off, and with it the
     conditional requests of a reload); names other than loopback do not resolve, so the page's
     CDN jQuery fails at once and its local copy is used."""
-    if not _have_chromium():
-        message = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("playwright is not installed (pip install -e '.[test]')")
-        pytest.skip("playwright is not installed")
-    rules = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[rules])
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with chromium("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1") as b:
+        yield b
 
 
 async def test_nodeodm_web_ui_through_the_cluster(

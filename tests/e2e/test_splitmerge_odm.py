@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from tests.conftest import ClusterFactory
-from tests.odm_splitmerge import SplitMerge, Submodel, make_submodels
+from tests.odm_splitmerge import PhaseReport, SplitMerge, Submodel, make_submodels
 from tests.realnode import RealNode
 
 PHASES = ("reconstruction", "toolchain")
@@ -70,16 +71,16 @@ class NodeSide:
         self.checked.setdefault(self.phase, []).append(name)
 
 
-async def test_both_phases_of_three_submodels_never_see_a_free_node_as_busy(
-    real_node_factory, cluster_factory: ClusterFactory, tmp_path: Path
-) -> None:
-    nodes = [await real_node_factory(test_seconds=1, parallel=1) for _ in range(3)]
-    cluster = await cluster_factory(nodes, refresh_interval_s=REFRESH_S)
-    submodels = make_submodels(tmp_path / "project", count=3)
+async def both_phases(
+    port: int, nodes: list[RealNode], submodels: list[Submodel], tmp_path: Path
+) -> AsyncIterator[PhaseReport]:
+    """Each phase driven as ODM drives it through the cluster on ``port``, its report given
+    once the phase ended without error, with every submodel checked on its node and nothing
+    wrong seen there (``NodeSide``)."""
     side = NodeSide(nodes, submodels)
     driver = SplitMerge(
         "127.0.0.1",
-        cluster.port,
+        port,
         poll_s=0.5,
         on_queued=side.on_queued,
         before_remove=side.before_remove,
@@ -90,9 +91,19 @@ async def test_both_phases_of_three_submodels_never_see_a_free_node_as_busy(
         report = await asyncio.to_thread(driver.run_phase, submodels, phase, tmp_path / "work")
         assert report.error is None, report.error
         assert side.problems == [], side.problems
+        assert sorted(side.checked[phase]) == [s.name for s in submodels]
+        yield report
+
+
+async def test_both_phases_of_three_submodels_never_see_a_free_node_as_busy(
+    real_node_factory, cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    nodes = [await real_node_factory(test_seconds=1, parallel=1) for _ in range(3)]
+    cluster = await cluster_factory(nodes, refresh_interval_s=REFRESH_S)
+    submodels = make_submodels(tmp_path / "project", count=3)
+    async for report in both_phases(cluster.port, nodes, submodels, tmp_path):
         assert [r.after_commit for r in report.runs] == ["RUNNING"] * 3, report.runs
         assert report.limit_hits == 0 and report.max_remote_tasks is None, "never capped"
-        assert sorted(side.checked[phase]) == [s.name for s in submodels]
         assert all(r.all_zip > 0 for r in report.runs)
     assert cluster.registry.nodes() and all(
         cluster.registry.queue_count(n) == 0 for n in cluster.registry.nodes()
@@ -105,20 +116,6 @@ async def test_with_fewer_nodes_than_submodels_only_a_full_cluster_answers_queue
     nodes = [await real_node_factory(test_seconds=2, parallel=1) for _ in range(2)]
     cluster = await cluster_factory(nodes, refresh_interval_s=REFRESH_S)
     submodels = make_submodels(tmp_path / "project", count=3, images=2)
-    side = NodeSide(nodes, submodels)
-    driver = SplitMerge(
-        "127.0.0.1",
-        cluster.port,
-        poll_s=0.5,
-        on_queued=side.on_queued,
-        before_remove=side.before_remove,
-        timeout_s=120,
-    )
-    for phase in PHASES:
-        side.phase = phase
-        report = await asyncio.to_thread(driver.run_phase, submodels, phase, tmp_path / "work")
-        assert report.error is None, report.error
-        assert side.problems == [], side.problems
-        assert sorted(side.checked[phase]) == [s.name for s in submodels]
+    async for report in both_phases(cluster.port, nodes, submodels, tmp_path):
         # the third submodel found both nodes busy: QUEUED is then the truth, and ODM caps
         assert all(r.statuses.count("QUEUED") == 0 for r in report.runs if not r.limit_hit)

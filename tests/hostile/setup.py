@@ -103,10 +103,28 @@ class Attack:
         ) as resp:
             body = await resp.read()
             answer = Answer(resp.status, body, dict(resp.headers))
-        self.counts.requests += 1
-        if answer.status >= 500:
-            self.counts.server_errors += 1
+        self.counted(answer.status)
         return answer
+
+    async def send_raw(self, data: bytes) -> tuple[int, bytes]:
+        """``data`` as it is on a connection of its own, read until the cluster closes it; the
+        status and the body."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.cluster.port)
+        try:
+            writer.write(data)
+            await writer.drain()
+            got = await asyncio.wait_for(reader.read(-1), 10)
+        finally:
+            writer.close()
+        head, _, body = got.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        self.counted(status)
+        return status, body
+
+    def counted(self, status: int) -> None:
+        self.counts.requests += 1
+        if status >= 500:
+            self.counts.server_errors += 1
 
 
 async def new_task(s: aiohttp.ClientSession, base: str, token: str) -> str:

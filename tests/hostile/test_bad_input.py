@@ -7,7 +7,6 @@ to the admin web beside it; raw bytes go through a socket of their own.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from clusterodm.model import Node
 from clusterodm.nodes import paths
 from clusterodm.nodes.client import NodeClient
 from tests.conftest import ClusterFactory
+from tests.helpers import serving
 from tests.hostile.setup import TOKEN, Answer, Attack, Counts, all_records, tracebacks
 
 NESTED = "[" * 100_000 + "]" * 100_000
@@ -159,7 +159,7 @@ async def test_long_boundaries_gzip_and_odd_content_types(target: Attack) -> Non
             f"POST {route}?token={TOKEN} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
             "Content-Length: 2\r\n"
         ).encode() + b"Content-Type: multipart/form-data; boundary=\xff\xfe\r\n\r\n{}"
-        status, _ = await raw_exchange(target, raw)
+        status, _ = await target.send_raw(raw)
         assert status < 500
 
 
@@ -199,26 +199,10 @@ async def test_malformed_http_is_one_line(target: Attack, caplog: pytest.LogCapt
         b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ):
-        status, _ = await raw_exchange(target, raw)
+        status, _ = await target.send_raw(raw)
         assert status == 400
     lines = [r for r in caplog.records if r.getMessage().startswith("malformed HTTP request")]
     assert lines and all(r.levelno == logging.INFO and r.exc_info is None for r in lines)
-
-
-async def raw_exchange(a: Attack, raw: bytes) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", a.cluster.port)
-    try:
-        writer.write(raw)
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(-1), 10)
-    finally:
-        writer.close()
-    a.counts.requests += 1
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    if status >= 500:
-        a.counts.server_errors += 1
-    return status, body
 
 
 async def test_a_node_listing_nested_json(caplog: pytest.LogCaptureFixture) -> None:
@@ -230,19 +214,14 @@ async def test_a_node_listing_nested_json(caplog: pytest.LogCaptureFixture) -> N
 
     app = web.Application()
     app.router.add_get("/task/list", task_list)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    client = NodeClient()
-    await client.start()
-    try:
-        with pytest.raises(NodeRejected):
-            await client.get_json(Node("127.0.0.1", port), paths.fixed("/task/list"))
-    finally:
-        await client.close()
-        await runner.cleanup()
+    async with serving(app) as port:
+        client = NodeClient()
+        await client.start()
+        try:
+            with pytest.raises(NodeRejected):
+                await client.get_json(Node("127.0.0.1", port), paths.fixed("/task/list"))
+        finally:
+            await client.close()
     assert not tracebacks(caplog.records)
 
 

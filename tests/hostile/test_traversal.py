@@ -9,7 +9,6 @@ simulated node and of the real NodeODM. Every one is refused (400/401/403/404, o
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -141,20 +140,7 @@ async def test_raw_bytes_in_the_path_are_refused(attack: Attack) -> None:
 
 async def raw_request(a: Attack, request_line: bytes) -> tuple[int, bytes]:
     """One request on its own connection, bytes as given; the status and the body."""
-    host, port = "127.0.0.1", a.cluster.port
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(-1), 10)
-    finally:
-        writer.close()
-    a.counts.requests += 1
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    if status >= 500:
-        a.counts.server_errors += 1
-    return status, body
+    return await a.send_raw(request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
 
 
 async def test_the_owners_own_requests_still_work(attack: Attack) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,6 +16,9 @@ from hypothesis import strategies as st
 
 from clusterodm.errors import InvalidRequest
 from clusterodm.proxy.formdata import form_reader
+from tests.helpers import serving
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Probe:
@@ -55,15 +58,14 @@ async def probe() -> AsyncIterator[Probe]:
         except InvalidRequest as e:
             return web.json_response({"error": e.message})
 
+    async with serving(posting(handler)) as port, aiohttp.ClientSession() as session:
+        yield Probe(port, session)
+
+
+def posting(handler: Handler) -> web.Application:
     app = web.Application()
     app.router.add_post("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    async with aiohttp.ClientSession() as session:
-        yield Probe(site.port, session)
-    await runner.cleanup()
+    return app
 
 
 async def raw_request(port: int, head: bytes, body_parts: list[bytes], linger_s: float) -> bytes:
@@ -187,14 +189,8 @@ async def urlencoded_probe() -> AsyncIterator[str]:
         except InvalidRequest as e:
             return web.json_response({"error": e.message})
 
-    app = web.Application()
-    app.router.add_post("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{site.port}/"
-    await runner.cleanup()
+    async with serving(posting(handler)) as port:
+        yield f"http://127.0.0.1:{port}/"
 
 
 _field_names = st.text(min_size=1, max_size=20).filter(lambda t: "\x00" not in t)
