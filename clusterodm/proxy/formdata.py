@@ -227,20 +227,17 @@ def form_reader(request: web.Request) -> FormReader | None:
         raise InvalidRequest("Malformed multipart body: unusable boundary") from None
 
 
-def is_urlencoded(request: web.Request) -> bool:
-    return request.content_type == URLENCODED
-
-
-def has_no_body(request: web.Request) -> bool:
-    """A POST with an empty body (``curl -X POST``; aiohttp's client then says
-    ``application/octet-stream``): whatever its type, there is no field to lose."""
-    return not request.body_exists or request.content_length == 0
-
-
-def unsupported_form(request: web.Request) -> InvalidRequest:
-    """The error for a body that is neither multipart nor urlencoded (JSON, text, ...)."""
+async def fields_without_files(request: web.Request) -> dict[str, str]:
+    """The fields of a form that is not multipart: an ``application/x-www-form-urlencoded``
+    body's, none for an empty body (``curl -X POST``; aiohttp's client then says
+    ``application/octet-stream``: whatever its type, there is no field to lose); any other
+    body (JSON, text, ...) is refused."""
+    if request.content_type == URLENCODED:
+        return await urlencoded_fields(request)
+    if not request.body_exists or request.content_length == 0:
+        return {}
     kind = request.headers.get("Content-Type", "").split(";", 1)[0].strip() or "(none)"
-    return InvalidRequest(FORM_TYPES_MESSAGE.format(kind=kind[:100]))
+    raise InvalidRequest(FORM_TYPES_MESSAGE.format(kind=kind[:100]))
 
 
 async def _received(content: StreamReader, idle_s: float) -> bytes:

@@ -21,11 +21,8 @@ from clusterodm.proxy.deps import deps, user_of
 from clusterodm.proxy.formdata import (
     FormPart,
     FormReader,
+    fields_without_files,
     form_reader,
-    has_no_body,
-    is_urlencoded,
-    unsupported_form,
-    urlencoded_fields,
 )
 from clusterodm.proxy.forward import forward, forward_poll
 from clusterodm.results import S3Downloads, s3_asset_url
@@ -81,10 +78,8 @@ async def task_new_init(request: web.Request) -> web.Response:
         while (part := await reader.next()) is not None:
             if part.filename is None and part.name:
                 fields[part.name] = await reader.text(part.name)
-    elif is_urlencoded(request):
-        fields = await urlencoded_fields(request)
-    elif not has_no_body(request):
-        raise unsupported_form(request)
+    else:
+        fields = await fields_without_files(request)
     uuid = await d.intake.init(user, fields, request.headers.get("set-uuid"))
     return web.json_response({"uuid": uuid})
 
@@ -118,10 +113,8 @@ async def task_new(request: web.Request) -> web.Response:
             if part.name:
                 fields[part.name] = await reader.text(part.name)
             part = await reader.next()
-    elif is_urlencoded(request):  # fields only, answered as a multipart body without files
-        fields = await urlencoded_fields(request)
-    elif not has_no_body(request):
-        raise unsupported_form(request)
+    else:  # fields only, answered as a multipart body without files
+        fields = await fields_without_files(request)
     if "zipurl" in fields:
         raise InvalidRequest("zipurl is not supported by this cluster; upload the images.")
     if reader is None or part is None:
